@@ -1,0 +1,98 @@
+//! The dispatcher thread: gives published events their ids, fans them out to
+//! the session table and wakes the connections that have new events.
+//!
+//! It never touches a socket, so a slow or dead client cannot slow it or the
+//! publisher waiting for its answer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::{select, Receiver, Sender};
+use serde::Serialize;
+
+use crate::clock::now_ms;
+use crate::event::{Event, NewEvent};
+use crate::server::Shared;
+
+/// Events fanned out under one hold of the session-table lock, so a
+/// 1000-event publish does not keep connections from their sessions for long.
+const EVENTS_PER_LOCK: usize = 64;
+
+/// A publish waiting for the dispatcher.
+#[derive(Debug)]
+pub(crate) struct PublishRequest {
+    /// The validated events.
+    pub events: Vec<NewEvent>,
+    /// Where the ids and match counts go.
+    pub reply: Sender<Vec<Published>>,
+}
+
+/// One published event, as `POST /events` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// The event's global id.
+    pub id: u64,
+    /// How many sessions it was tracked for.
+    pub matched_sessions: usize,
+}
+
+/// Runs until `stop` is dropped.
+pub(crate) fn run(shared: Arc<Shared>, requests: Receiver<PublishRequest>, stop: Receiver<()>) {
+    let mut next_id = 1;
+    let mut last_timestamp = 0;
+    loop {
+        select! {
+            recv(requests) -> request => match request {
+                Ok(request) => {
+                    // Ids and timestamps both increase in seq order.
+                    last_timestamp = now_ms().max(last_timestamp);
+                    let published = publish(&shared, &mut next_id, last_timestamp, request.events);
+                    let _ = request.reply.send(published);
+                }
+                Err(_) => return,
+            },
+            recv(stop) -> _ => return,
+        }
+    }
+}
+
+fn publish(
+    shared: &Shared,
+    next_id: &mut u64,
+    timestamp: u64,
+    events: Vec<NewEvent>,
+) -> Vec<Published> {
+    let events: Vec<(Arc<Event>, Option<Vec<String>>)> = events
+        .into_iter()
+        .map(|new| {
+            let event = Event::new(*next_id, timestamp, &new, &shared.live_events);
+            *next_id += 1;
+            (Arc::new(event), new.targets)
+        })
+        .collect();
+    let mut published = Vec::with_capacity(events.len());
+    for chunk in events.chunks(EVENTS_PER_LOCK) {
+        let fanout = shared.table.publish(chunk);
+        for conn in &fanout.wake {
+            shared.writer.wake(conn);
+        }
+        published.extend(
+            chunk
+                .iter()
+                .zip(&fanout.matched)
+                .map(|((event, _), &matched)| Published {
+                    id: event.id,
+                    matched_sessions: matched,
+                }),
+        );
+        shared
+            .metrics
+            .events_dropped_total
+            .fetch_add(fanout.dropped, Ordering::Relaxed);
+    }
+    shared
+        .metrics
+        .events_published_total
+        .fetch_add(published.len() as u64, Ordering::Relaxed);
+    published
+}

@@ -1,0 +1,272 @@
+//! Published events: validating a `POST /events` body, and the event itself,
+//! stored once and shared by every session that retains it.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use crate::protocol::{is_valid_name, Priority};
+
+/// The most events one `POST /events` may carry.
+pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+
+/// An event as a publisher sent it, validated, before it has an id.
+#[derive(Debug)]
+pub struct NewEvent {
+    /// 1-128 characters of `A-Z a-z 0-9 . _ : -`.
+    pub event_type: String,
+    /// The publisher's JSON, kept verbatim.
+    pub data: Box<RawValue>,
+    /// Defaults to `medium`.
+    pub priority: Priority,
+    /// `None`: every matching session.
+    pub targets: Option<Vec<String>>,
+}
+
+/// Reads a `POST /events` body: one event object or an array of 1 to 1000.
+///
+/// # Errors
+/// A message saying which item is wrong and why; nothing is published.
+pub fn parse_publish_body(body: &str) -> Result<Vec<NewEvent>, String> {
+    let trimmed = body.trim_start();
+    if trimmed.starts_with('[') {
+        let items: Vec<&RawValue> =
+            serde_json::from_str(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+        if items.is_empty() {
+            return Err("the array of events is empty".into());
+        }
+        if items.len() > MAX_EVENTS_PER_REQUEST {
+            return Err(format!(
+                "{} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}",
+                items.len()
+            ));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| parse_item(raw.get()).map_err(|e| format!("event {i}: {e}")))
+            .collect()
+    } else {
+        let raw: &RawValue =
+            serde_json::from_str(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+        Ok(vec![parse_item(raw.get())?])
+    }
+}
+
+fn parse_item(text: &str) -> Result<NewEvent, String> {
+    let fields: std::collections::BTreeMap<String, &RawValue> =
+        serde_json::from_str(text).map_err(|_| "an event must be a JSON object".to_string())?;
+    let mut event_type = None;
+    let mut data = None;
+    let mut priority = Priority::Medium;
+    let mut targets = None;
+    for (name, raw) in fields {
+        match name.as_str() {
+            "event_type" => {
+                let t: String = serde_json::from_str(raw.get())
+                    .map_err(|_| "event_type must be a string".to_string())?;
+                if !is_valid_name(&t) {
+                    return Err("event_type must be 1-128 characters of A-Z a-z 0-9 . _ : -".into());
+                }
+                event_type = Some(t);
+            }
+            "data" => data = Some(raw.to_owned()),
+            "priority" => {
+                let p: Option<String> = serde_json::from_str(raw.get()).unwrap_or(None);
+                priority = p.and_then(|p| p.parse().ok()).ok_or_else(|| {
+                    "priority must be \"low\", \"medium\", \"high\" or \"critical\"".to_string()
+                })?;
+            }
+            "targets" => {
+                let list: Option<Vec<String>> = serde_json::from_str(raw.get())
+                    .map_err(|_| "targets must be a list of client ids".to_string())?;
+                if let Some(list) = &list {
+                    if list.is_empty() {
+                        return Err("targets must not be empty (omit it to broadcast)".into());
+                    }
+                    if let Some(bad) = list.iter().find(|id| !is_valid_name(id)) {
+                        return Err(format!("targets: {bad:?} is not a valid client_id"));
+                    }
+                }
+                targets = list;
+            }
+            other => return Err(format!("unknown field \"{other}\"")),
+        }
+    }
+    Ok(NewEvent {
+        event_type: event_type.ok_or("event_type is required")?,
+        data: data.unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON")),
+        priority,
+        targets,
+    })
+}
+
+/// Counts the events alive anywhere in the server: the distinct events of the
+/// event store, however many sessions share each.
+#[derive(Debug, Default)]
+pub struct LiveEvents(AtomicUsize);
+
+impl LiveEvents {
+    /// How many events exist now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A published event, shared (`Arc`) by every session that retains it.
+#[derive(Debug)]
+pub struct Event {
+    /// The global id: unique and increasing.
+    pub id: u64,
+    /// Unix milliseconds of publication.
+    pub timestamp: u64,
+    /// The event's priority.
+    pub priority: Priority,
+    /// `,"id":..,"event_type":..,"priority":..,"timestamp":..,"data":..`:
+    /// everything of an event message that is the same for every session,
+    /// serialised once at publication.
+    body: Box<str>,
+    /// Where the event type sits inside `body`.
+    type_at: (u32, u32),
+    live: Arc<LiveEvents>,
+}
+
+impl Event {
+    /// Builds the shared event. `live` counts it until it is dropped.
+    pub fn new(id: u64, timestamp: u64, new: &NewEvent, live: &Arc<LiveEvents>) -> Event {
+        let mut body = String::with_capacity(96 + new.event_type.len() + new.data.get().len());
+        // Event types are restricted to characters that need no JSON escaping.
+        let _ = write!(body, r#","id":{id},"event_type":""#);
+        let start = body.len();
+        body.push_str(&new.event_type);
+        let end = body.len();
+        let _ = write!(
+            body,
+            r#"","priority":"{}","timestamp":{timestamp},"data":{}"#,
+            new.priority.as_str(),
+            new.data.get()
+        );
+        live.0.fetch_add(1, Ordering::Relaxed);
+        Event {
+            id,
+            timestamp,
+            priority: new.priority,
+            body: body.into_boxed_str(),
+            type_at: (start as u32, end as u32),
+            live: Arc::clone(live),
+        }
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> &str {
+        &self.body[self.type_at.0 as usize..self.type_at.1 as usize]
+    }
+
+    /// The `event` message for one session.
+    pub fn message(&self, seq: u64, replayed: bool) -> String {
+        let mut out = String::with_capacity(self.body.len() + 48);
+        out.push_str(r#"{"type":"event""#);
+        self.push_fields(&mut out, seq, replayed);
+        out
+    }
+
+    /// Appends this event as an item of an `event_batch` (the event object
+    /// without `"type"`).
+    pub fn push_batch_item(&self, out: &mut String, seq: u64, replayed: bool) {
+        out.push('{');
+        let before = out.len();
+        self.push_fields(out, seq, replayed);
+        // push_fields starts with a comma meant to follow "type"; an item has none.
+        out.remove(before);
+    }
+
+    fn push_fields(&self, out: &mut String, seq: u64, replayed: bool) {
+        let _ = write!(out, r#","seq":{seq}"#);
+        out.push_str(&self.body);
+        out.push_str(if replayed {
+            r#","replayed":true}"#
+        } else {
+            r#","replayed":false}"#
+        });
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        self.live.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn single_and_array_bodies() {
+        let one = parse_publish_body(r#"{"event_type":"a.b","data":{"x":1}}"#).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].priority, Priority::Medium);
+        let many = parse_publish_body(
+            r#"[{"event_type":"a","priority":"high","targets":["c1"]},{"event_type":"b","targets":null}]"#,
+        )
+        .unwrap();
+        assert_eq!(many[0].targets.as_deref(), Some(&["c1".to_string()][..]));
+        assert_eq!(many[1].targets, None);
+        assert_eq!(many[1].data.get(), "null");
+    }
+
+    #[test]
+    fn invalid_bodies_are_rejected_whole() {
+        for body in [
+            "",
+            "nope",
+            "[]",
+            "3",
+            r#"[{"event_type":"ok"}, 5]"#,
+            r#"{"data":1}"#,
+            r#"{"event_type":""}"#,
+            r#"{"event_type":"has space"}"#,
+            r#"{"event_type":"a","priority":null}"#,
+            r#"{"event_type":"a","priority":"urgent"}"#,
+            r#"{"event_type":"a","targets":[]}"#,
+            r#"{"event_type":"a","targets":"c1"}"#,
+            r#"{"event_type":"a","colour":"red"}"#,
+        ] {
+            assert!(parse_publish_body(body).is_err(), "{body}");
+        }
+        let too_many = format!("[{}]", vec![r#"{"event_type":"a"}"#; 1001].join(","));
+        assert!(parse_publish_body(&too_many).is_err());
+    }
+
+    #[test]
+    fn messages_are_valid_json_with_the_contract_fields() {
+        let live = Arc::new(LiveEvents::default());
+        let new = &parse_publish_body(
+            r#"{"event_type":"build.done","data":{"n":12345678901234567890123},"priority":"high"}"#,
+        )
+        .unwrap()[0];
+        let ev = Event::new(7, 1000, new, &live);
+        assert_eq!(live.count(), 1);
+        assert_eq!(ev.event_type(), "build.done");
+        let msg: Value = serde_json::from_str(&ev.message(3, true)).unwrap();
+        assert_eq!(msg["type"], "event");
+        assert_eq!(msg["seq"], 3);
+        assert_eq!(msg["id"], 7);
+        assert_eq!(msg["priority"], "high");
+        assert_eq!(msg["timestamp"], 1000);
+        assert_eq!(msg["replayed"], true);
+        assert!(ev.message(3, true).contains("12345678901234567890123"));
+        let mut batch = String::from("[");
+        ev.push_batch_item(&mut batch, 4, false);
+        batch.push(']');
+        let items: Value = serde_json::from_str(&batch).unwrap();
+        assert_eq!(items[0]["seq"], 4);
+        assert_eq!(items[0].get("type"), None);
+        assert_eq!(items[0]["data"], json!({"n": 1.2345678901234568e22}));
+        drop(ev);
+        assert_eq!(live.count(), 0);
+    }
+}

@@ -1,0 +1,67 @@
+//! tether: a small, synchronous WebSocket event server whose sessions
+//! survive disconnects.
+//!
+//! A client connects to `/ws`, gets a session and a resume token, and
+//! receives every published event with a per-session `seq`. When it drops,
+//! its session stays and its events are retained; when it comes back with
+//! its token and the last seq it processed, it gets exactly what it missed,
+//! in order, then live events. The wire contract is `PROTOCOL.md`; the
+//! README tells how to run and operate the server.
+//!
+//! # Threads and channels
+//!
+//! ```text
+//!  POST /events ─► admin handlers ──(publish channel)──► dispatcher
+//!                                                           │ seqs, retain (Arc<Event>)
+//!                                                           ▼
+//!                                            session table (Mutex) ◄── admin API
+//!                                                           │ wake
+//!                                                           ▼
+//!  accept loop ─► one reader thread per connection    writer pool (2-4 threads)
+//!                 (blocking read, no lock held)   ───► non-blocking writes through
+//!                         │                            the connection's WebSocket
+//!                         └──── same Mutex<WebSocket> ────┘
+//!                                                      timer: retries full sockets
+//! ```
+//!
+//! - the dispatcher and publishers never touch a socket: a slow client only
+//!   falls behind, its events waiting in its retained buffer;
+//! - an event retained by many sessions is stored once;
+//! - an idle connection costs one blocked thread and a few KiB, and wakes
+//!   nobody.
+//!
+//! # Log levels
+//!
+//! - `error`: the server lost a capability (a listener stopped accepting);
+//! - `warn`: resources ran short (descriptors, threads, `--max-connections`);
+//! - `info`: start-up addresses and shutdown;
+//! - `debug`: connections opening, closing and being refused, admin requests
+//!   (method, path and status only).
+//!
+//! No level ever logs a resume token, an admin token or a request query.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod admin;
+pub mod cli;
+mod clock;
+pub mod config;
+mod connection;
+mod dispatcher;
+mod error;
+pub mod event;
+mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod protocol;
+mod server;
+pub mod session;
+pub mod session_table;
+pub mod token;
+mod writer;
+
+pub use config::{Config, Strategy};
+pub use dispatcher::Published;
+pub use error::{Error, Result};
+pub use server::{Server, Shared};

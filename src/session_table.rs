@@ -1,0 +1,362 @@
+//! The session table: every session behind one lock, and the narrow set of
+//! operations the rest of the server performs on it.
+//!
+//! The lock is held only for bookkeeping, never across socket I/O. A
+//! connection's `ws` lock may be held while calling in here (see
+//! `connection.rs`), so nothing in here takes a connection's lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+
+use crate::connection::Conn;
+use crate::event::Event;
+use crate::protocol::{
+    heartbeat_ack, parse_seq, preferences_updated, Announcement, ClientType, Priority, SyncSummary,
+    WireError,
+};
+use crate::session::{Batch, Session};
+
+/// What a connection asks for when it opens, beside its `client_id`.
+#[derive(Debug)]
+pub(crate) struct OpenRequest {
+    /// From the query or the `User-Agent`; used for a new session only.
+    pub client_type: ClientType,
+    /// Required to resume.
+    pub resume_token: Option<String>,
+    /// As written in the query, validated here.
+    pub last_seq: Option<String>,
+}
+
+/// A session opened or resumed on a connection.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// `connection_established` or `reconnection_sync`.
+    pub first_message: String,
+    /// Whether an existing session was resumed.
+    pub resumed: bool,
+    /// The connection this one took over from, to be closed with 4000.
+    pub replaced: Option<Arc<Conn>>,
+}
+
+/// The result of fanning events out.
+#[derive(Debug, Default)]
+pub(crate) struct Fanout {
+    /// Per event, how many sessions it was tracked for.
+    pub matched: Vec<usize>,
+    /// Connections with new events, high-priority sessions first.
+    pub wake: Vec<Arc<Conn>>,
+    /// Events released before they were ever written.
+    pub dropped: u64,
+}
+
+/// Events taken for a connection, and whether it is still being replayed to.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The events, in seq order.
+    pub batch: Batch,
+    /// Replayed events remain after these.
+    pub still_replaying: bool,
+}
+
+/// Which sessions a listing wants.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionFilter {
+    /// `Some(true)`: connected only; `Some(false)`: disconnected only.
+    pub connected: Option<bool>,
+    /// Only this client type.
+    pub client_type: Option<ClientType>,
+}
+
+/// Session counts for `/health`, `/metrics` and the listing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// All sessions.
+    pub total: usize,
+    /// Sessions with a live connection.
+    pub connected: usize,
+}
+
+/// Every session, by `client_id`.
+#[derive(Debug)]
+pub struct SessionTable {
+    sessions: Mutex<HashMap<Arc<str>, Session>>,
+    max_retained: usize,
+    announcement: Announcement,
+}
+
+impl SessionTable {
+    /// An empty table retaining up to `max_retained` events per session.
+    pub(crate) fn new(max_retained: usize, announcement: Announcement) -> Self {
+        SessionTable {
+            sessions: Mutex::new(HashMap::new()),
+            max_retained,
+            announcement,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Session>> {
+        // A panic elsewhere must not take every session down with it.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the session `conn` is attached to, if it still is.
+    fn with_attached<R>(&self, conn: &Conn, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        let mut sessions = self.lock();
+        let session = sessions.get_mut(&conn.client_id)?;
+        if !session.is_attached(conn) {
+            return None;
+        }
+        Some(f(session))
+    }
+
+    /// Opens a new session on `conn`, or resumes the existing one with its
+    /// token (contract section 3).
+    ///
+    /// # Errors
+    /// `invalid_resume_token` or `invalid_last_seq`; the session is untouched.
+    pub(crate) fn open(
+        &self,
+        conn: &Arc<Conn>,
+        request: OpenRequest,
+        now: u64,
+    ) -> Result<Opened, WireError> {
+        let mut sessions = self.lock();
+        let Some(session) = sessions.get_mut(&conn.client_id) else {
+            let mut session = Session::new(Arc::clone(&conn.client_id), request.client_type, now);
+            session.connect_new(Arc::clone(conn), now);
+            let first_message = self.announcement.connection_established(
+                &session.client_id,
+                session.client_type,
+                &session.token.reveal(),
+                &session.preferences,
+            );
+            sessions.insert(Arc::clone(&conn.client_id), session);
+            return Ok(Opened {
+                first_message,
+                resumed: false,
+                replaced: None,
+            });
+        };
+        let token_ok = request
+            .resume_token
+            .as_deref()
+            .is_some_and(|t| session.token.matches(t));
+        if !token_ok {
+            return Err(WireError::new(
+                "invalid_resume_token",
+                "this client_id has a session; resuming it needs its resume_token",
+            ));
+        }
+        let bad_seq = |current: u64| {
+            WireError::new(
+                "invalid_last_seq",
+                format!("last_seq must be a non-negative integer no larger than current_seq ({current})"),
+            )
+        };
+        let last_seq = match request.last_seq {
+            None => None,
+            Some(raw) => Some(parse_seq(&raw).ok_or_else(|| bad_seq(session.current_seq()))?),
+        };
+        let (replaced, resumed) = session
+            .resume(Arc::clone(conn), last_seq, now)
+            .map_err(bad_seq)?;
+        let first_message = self.announcement.reconnection_sync(&SyncSummary {
+            client_id: &session.client_id,
+            client_type: session.client_type,
+            last_seq: resumed.last_seq,
+            current_seq: resumed.current_seq,
+            missed_events: resumed.missed_events,
+            disconnected_ms: resumed.disconnected_ms,
+            reconnect_count: resumed.reconnect_count,
+            preferences: &session.preferences,
+        });
+        Ok(Opened {
+            first_message,
+            resumed: true,
+            replaced,
+        })
+    }
+
+    /// Marks `conn`'s session disconnected if `conn` is still its connection.
+    pub(crate) fn disconnect(&self, conn: &Conn, now: u64) -> bool {
+        let mut sessions = self.lock();
+        sessions
+            .get_mut(&conn.client_id)
+            .is_some_and(|s| s.disconnect(conn, now))
+    }
+
+    /// Handles `{"type":"ack","seq":N}`.
+    ///
+    /// # Errors
+    /// `invalid_ack` when `seq` is above `current_seq`; nothing is acknowledged.
+    pub(crate) fn ack(&self, conn: &Conn, seq: u64) -> Result<(), WireError> {
+        self.with_attached(conn, |s| s.ack(seq))
+            .unwrap_or(Ok(()))
+            .map_err(invalid_ack)
+    }
+
+    /// Handles a heartbeat: records it, acknowledges `last_seq` if given,
+    /// and returns the `heartbeat_ack` plus an `invalid_ack` error if any.
+    pub(crate) fn heartbeat(
+        &self,
+        conn: &Conn,
+        last_seq: Option<u64>,
+        now: u64,
+    ) -> (String, Option<WireError>) {
+        self.with_attached(conn, |s| {
+            s.last_heartbeat = Some(now);
+            let error = last_seq.and_then(|seq| s.ack(seq).err()).map(invalid_ack);
+            (heartbeat_ack(now, s.current_seq()), error)
+        })
+        .unwrap_or_else(|| (heartbeat_ack(now, 0), None))
+    }
+
+    /// Handles `update_preferences`: answers `preferences_updated`.
+    ///
+    /// # Errors
+    /// `invalid_preferences`, and the preferences stay as they were.
+    pub(crate) fn update_preferences(
+        &self,
+        conn: &Conn,
+        data: &Value,
+    ) -> Result<String, WireError> {
+        self.with_attached(conn, |s| {
+            let next = s
+                .preferences
+                .updated(data)
+                .map_err(|why| WireError::new("invalid_preferences", why))?;
+            s.preferences = next;
+            Ok(preferences_updated(&s.preferences))
+        })
+        .unwrap_or_else(|| Err(WireError::new("invalid_preferences", "the session is gone")))
+    }
+
+    /// Assigns seqs to `events` in every matching session (or the targeted
+    /// ones), retains them, and says which connections to wake.
+    pub(crate) fn publish(&self, events: &[(Arc<Event>, Option<Vec<String>>)]) -> Fanout {
+        let mut out = Fanout::default();
+        // Woken in priority order: high, medium, low.
+        let mut wake: [Vec<Arc<Conn>>; 3] = Default::default();
+        let mut sessions = self.lock();
+        for (event, targets) in events {
+            let mut matched = 0;
+            let mut track = |s: &mut Session| {
+                if !s.preferences.matches(event.event_type(), event.priority) {
+                    return;
+                }
+                matched += 1;
+                if s.track(Arc::clone(event), self.max_retained) {
+                    out.dropped += 1;
+                }
+                if let Some(conn) = &s.conn {
+                    let rank = match s.preferences.priority {
+                        Priority::High | Priority::Critical => 0,
+                        Priority::Medium => 1,
+                        Priority::Low => 2,
+                    };
+                    if !wake[rank].iter().any(|c| c.id == conn.id) {
+                        wake[rank].push(Arc::clone(conn));
+                    }
+                }
+            };
+            match targets {
+                None => sessions.values_mut().for_each(&mut track),
+                Some(ids) => {
+                    let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    for id in ids {
+                        if let Some(s) = sessions.get_mut(id) {
+                            track(s);
+                        }
+                    }
+                }
+            }
+            out.matched.push(matched);
+        }
+        drop(sessions);
+        out.wake = wake.into_iter().flatten().collect();
+        out
+    }
+
+    /// Takes up to `max` events not yet written to `conn`, or `None` if
+    /// `conn` is no longer its session's connection.
+    pub(crate) fn next_batch(&self, conn: &Conn, max: usize) -> Option<Taken> {
+        self.with_attached(conn, |s| {
+            let batch = s.next_batch(max);
+            Taken {
+                batch,
+                still_replaying: s.is_replaying(),
+            }
+        })
+    }
+
+    /// Forgets a session. Returns `None` if unknown, else its connection
+    /// (to be closed with 4002) if it had one.
+    pub(crate) fn remove(&self, client_id: &str) -> Option<Option<Arc<Conn>>> {
+        self.lock().remove(client_id).map(|s| s.conn)
+    }
+
+    /// Detaches a session's connection, keeping the session. Returns `None`
+    /// if unknown, else the detached connection (to be cut) if it had one.
+    pub(crate) fn detach(&self, client_id: &str, now: u64) -> Option<Option<Arc<Conn>>> {
+        let mut sessions = self.lock();
+        let session = sessions.get_mut(client_id)?;
+        let conn = session.conn.clone();
+        if let Some(conn) = &conn {
+            session.disconnect(conn, now);
+        }
+        Some(conn)
+    }
+
+    /// Records a heartbeat from the admin API. `None` if unknown.
+    pub(crate) fn record_heartbeat(&self, client_id: &str, now: u64) -> Option<u64> {
+        let mut sessions = self.lock();
+        let session = sessions.get_mut(client_id)?;
+        session.last_heartbeat = Some(now);
+        Some(now)
+    }
+
+    /// The live connections.
+    pub(crate) fn connections(&self) -> Vec<Arc<Conn>> {
+        self.lock()
+            .values()
+            .filter_map(|s| s.conn.clone())
+            .collect()
+    }
+
+    /// How many sessions exist and how many are connected.
+    pub fn counts(&self) -> Counts {
+        let sessions = self.lock();
+        Counts {
+            total: sessions.len(),
+            connected: sessions.values().filter(|s| s.is_connected()).count(),
+        }
+    }
+
+    /// The admin API's `<session>` objects, sorted by `client_id`.
+    pub fn list(&self, filter: SessionFilter) -> Vec<Value> {
+        let sessions = self.lock();
+        let mut picked: Vec<&Session> = sessions
+            .values()
+            .filter(|s| filter.connected.is_none_or(|c| c == s.is_connected()))
+            .filter(|s| filter.client_type.is_none_or(|t| t == s.client_type))
+            .collect();
+        picked.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
+        picked.iter().map(|s| s.to_json()).collect()
+    }
+
+    /// One `<session>` object.
+    pub fn get(&self, client_id: &str) -> Option<Value> {
+        self.lock().get(client_id).map(Session::to_json)
+    }
+}
+
+fn invalid_ack(current_seq: u64) -> WireError {
+    WireError::new(
+        "invalid_ack",
+        format!("cannot acknowledge beyond current_seq ({current_seq})"),
+    )
+}

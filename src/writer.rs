@@ -1,0 +1,203 @@
+//! The writer pool: a few threads that write events to every connection,
+//! and the timer that retries connections whose socket was full.
+//!
+//! A connection is queued at most once (its `queued` flag); a pool thread
+//! takes it, writes up to [`MAX_EVENTS_PER_TURN`] of its events without ever
+//! blocking, and queues it again if more are waiting, so one busy client
+//! cannot monopolise a thread. When a client's socket is full, the rest stays
+//! in tungstenite's buffer and the timer wakes the connection again after a
+//! delay that doubles from [`FIRST_RETRY`] up to [`MAX_RETRY`]: a client that
+//! stopped reading costs a few cheap attempts a second, and costs the other
+//! clients nothing. See `connection.rs` for why there is no writer thread per
+//! connection.
+
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use tungstenite::Message;
+
+use crate::connection::{close, Conn, Flushed};
+use crate::server::Shared;
+
+/// Events written to one connection before the pool moves to the next one.
+pub const MAX_EVENTS_PER_TURN: usize = 128;
+/// The first retry of a full socket, in microseconds.
+const FIRST_RETRY: u32 = 200;
+/// The longest delay between retries, in microseconds.
+const MAX_RETRY: u32 = 250_000;
+
+/// The handle through which connections are woken for writing.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    work: Sender<Arc<Conn>>,
+    later: Sender<Timed>,
+}
+
+impl Writer {
+    /// A writer handle with the queues its pool and timer will drain.
+    pub(crate) fn new() -> (Writer, Receiver<Arc<Conn>>, Receiver<Timed>) {
+        let (work, work_rx) = crossbeam_channel::unbounded();
+        let (later, later_rx) = crossbeam_channel::unbounded();
+        (Writer { work, later }, work_rx, later_rx)
+    }
+
+    /// Queues `conn` for writing unless it is queued already.
+    pub(crate) fn wake(&self, conn: &Arc<Conn>) {
+        if !conn.queued.swap(true, Ordering::AcqRel) {
+            let _ = self.work.send(Arc::clone(conn));
+        }
+    }
+
+    /// Queues `conn` again after its next backoff delay: its socket was full.
+    pub(crate) fn retry(&self, conn: &Arc<Conn>) {
+        let previous = conn.retry_us.load(Ordering::Relaxed);
+        let delay = if previous == 0 {
+            FIRST_RETRY
+        } else {
+            previous.saturating_mul(2).min(MAX_RETRY)
+        };
+        conn.retry_us.store(delay, Ordering::Relaxed);
+        self.wake_at(
+            conn,
+            Instant::now() + Duration::from_micros(u64::from(delay)),
+        );
+    }
+
+    /// Queues `conn` at `at`.
+    pub(crate) fn wake_at(&self, conn: &Arc<Conn>, at: Instant) {
+        let _ = self.later.send(Timed {
+            at,
+            conn: Arc::clone(conn),
+        });
+    }
+}
+
+/// A connection to wake at a given instant.
+#[derive(Debug)]
+pub(crate) struct Timed {
+    at: Instant,
+    conn: Arc<Conn>,
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Timed {}
+
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Timed {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// A pool thread: serves queued connections until `stop` is dropped.
+pub(crate) fn run_pool_thread(shared: Arc<Shared>, work: Receiver<Arc<Conn>>, stop: Receiver<()>) {
+    loop {
+        select! {
+            recv(work) -> conn => match conn {
+                Ok(conn) => serve(&shared, &conn),
+                Err(_) => return,
+            },
+            recv(stop) -> _ => return,
+        }
+    }
+}
+
+/// The timer thread: wakes connections when their time comes.
+pub(crate) fn run_timer(shared: Arc<Shared>, later: Receiver<Timed>, stop: Receiver<()>) {
+    let mut due: BinaryHeap<Reverse<Timed>> = BinaryHeap::new();
+    loop {
+        let now = Instant::now();
+        while due.peek().is_some_and(|t| t.0.at <= now) {
+            let Reverse(timed) = due.pop().expect("peeked");
+            shared.writer.wake(&timed.conn);
+        }
+        // With nothing due, sleep until told otherwise; a new entry or the
+        // stop signal ends the wait.
+        let wait = due.peek().map_or(Duration::from_secs(3600), |t| {
+            t.0.at.saturating_duration_since(now)
+        });
+        select! {
+            recv(later) -> timed => match timed {
+                Ok(timed) => due.push(Reverse(timed)),
+                Err(_) => return,
+            },
+            recv(stop) -> _ => return,
+            default(wait) => {}
+        }
+    }
+}
+
+/// Writes what `conn` has waiting, without blocking.
+fn serve(shared: &Shared, conn: &Arc<Conn>) {
+    conn.queued.store(false, Ordering::Release);
+    if conn.is_closed() {
+        return;
+    }
+    let mut ws = conn.ws();
+    if conn.replaying.load(Ordering::Acquire) && Instant::now() > conn.sync_deadline {
+        drop(ws);
+        conn.close(close::SYNC_TIMEOUT, "sync_timeout");
+        return;
+    }
+    let mut flushed = Conn::flush(&mut ws);
+    if flushed != Flushed::Done {
+        drop(ws);
+        after_write(shared, conn, flushed, false);
+        return;
+    }
+    let Some(taken) = shared.table.next_batch(conn, MAX_EVENTS_PER_TURN) else {
+        return;
+    };
+    if !taken.still_replaying {
+        conn.replaying.store(false, Ordering::Release);
+    }
+    let items = &taken.batch.items;
+    for (seq, event, replayed) in items {
+        if let Err(e) = ws.write(Message::text(event.message(*seq, *replayed))) {
+            flushed = crate::connection::classify_write_error(&e);
+            if flushed == Flushed::Dead {
+                break;
+            }
+        }
+    }
+    if flushed != Flushed::Dead {
+        flushed = Conn::flush(&mut ws);
+    }
+    drop(ws);
+    let replayed = items.iter().filter(|i| i.2).count() as u64;
+    let metrics = &shared.metrics;
+    metrics
+        .events_delivered_total
+        .fetch_add(items.len() as u64, Ordering::Relaxed);
+    metrics
+        .events_replayed_total
+        .fetch_add(replayed, Ordering::Relaxed);
+    after_write(shared, conn, flushed, taken.batch.more);
+}
+
+fn after_write(shared: &Shared, conn: &Arc<Conn>, flushed: Flushed, more: bool) {
+    match flushed {
+        Flushed::Done => {
+            conn.retry_us.store(0, Ordering::Relaxed);
+            if more {
+                shared.writer.wake(conn);
+            }
+        }
+        Flushed::Blocked => shared.writer.retry(conn),
+        Flushed::Dead => conn.abort(),
+    }
+}

@@ -1,0 +1,200 @@
+//! Every row of the contract's bad-input table: the client gets a clear
+//! error, the connection stays open (except for oversized messages, closed
+//! with 1009), and nothing is acknowledged. Plain HTTP on the WebSocket port
+//! gets an HTTP error, never a hang.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::*;
+use serde_json::{json, Value};
+use tether::Config;
+use tungstenite::Message;
+
+/// Sends `text`, expects an error with `code`, then proves the connection
+/// still works with a heartbeat.
+fn expect_error(client: &mut Client, message: Message, code: &str) {
+    client.ws.send(message).unwrap();
+    let err = client.recv_json();
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["code"], code, "{err}");
+    assert!(err["message"].is_string());
+    client.send_json(&json!({"type": "heartbeat"}));
+    assert_eq!(client.recv_json()["type"], "heartbeat_ack");
+}
+
+#[test]
+fn malformed_messages_get_errors_and_keep_the_connection() {
+    let server = start();
+    let (mut client, _) = server.new_session("b1");
+    server.publish_n(2, "a");
+    client.recv_events(2);
+    let text = |s: &str| Message::text(s.to_string());
+    expect_error(&mut client, text("this is not json"), "invalid_message");
+    expect_error(&mut client, text("{\"type\":"), "invalid_message");
+    expect_error(&mut client, text(r#"{"type":"dance"}"#), "unknown_type");
+    expect_error(&mut client, text(r#"{"no_type":1}"#), "unknown_type");
+    expect_error(&mut client, text("[1,2,3]"), "unknown_type");
+    expect_error(
+        &mut client,
+        Message::binary(vec![1u8, 2, 3]),
+        "unsupported_frame",
+    );
+    expect_error(
+        &mut client,
+        text(r#"{"type":"ack","seq":"x"}"#),
+        "invalid_message",
+    );
+    expect_error(
+        &mut client,
+        text(r#"{"type":"ack","seq":-1}"#),
+        "invalid_message",
+    );
+    expect_error(
+        &mut client,
+        text(r#"{"type":"ack","seq":null}"#),
+        "invalid_message",
+    );
+    expect_error(&mut client, text(r#"{"type":"ack"}"#), "invalid_message");
+    expect_error(
+        &mut client,
+        text(r#"{"type":"ack","seq":3}"#),
+        "invalid_ack",
+    );
+    expect_error(
+        &mut client,
+        text(r#"{"type":"update_preferences","data":{"max_events_per_second":0}}"#),
+        "invalid_preferences",
+    );
+    expect_error(
+        &mut client,
+        text(r#"{"type":"update_preferences","data":{"colour":"red"}}"#),
+        "invalid_preferences",
+    );
+    // Deeply nested JSON: an error, not a crash.
+    let shallow = format!("{}{}", "[".repeat(16), "]".repeat(16));
+    expect_error(&mut client, text(&shallow), "unknown_type");
+    let deep = format!("{}{}", "[".repeat(127), "]".repeat(127));
+    expect_error(&mut client, text(&deep), "invalid_message");
+    let deeper = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    expect_error(&mut client, text(&deeper), "invalid_message");
+    // None of that acknowledged anything.
+    assert_eq!(server.session("b1")["acked_seq"], 0);
+    assert_eq!(server.session("b1")["retained_events"], 2);
+}
+
+#[test]
+fn heartbeat_with_a_bad_last_seq_is_still_answered() {
+    let server = start();
+    let (mut client, _) = server.new_session("b2");
+    client.send_json(&json!({"type": "heartbeat", "last_seq": 5}));
+    let replies: Vec<Value> = vec![client.recv_json(), client.recv_json()];
+    assert!(
+        replies.iter().any(|r| r["type"] == "heartbeat_ack"),
+        "{replies:?}"
+    );
+    assert!(
+        replies.iter().any(|r| r["code"] == "invalid_ack"),
+        "{replies:?}"
+    );
+    client.send_json(&json!({"type": "heartbeat", "last_seq": "five"}));
+    let replies: Vec<Value> = vec![client.recv_json(), client.recv_json()];
+    assert!(
+        replies.iter().any(|r| r["type"] == "heartbeat_ack"),
+        "{replies:?}"
+    );
+    assert!(
+        replies.iter().any(|r| r["code"] == "invalid_message"),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn pings_are_answered_with_pongs() {
+    let server = start();
+    let (mut client, _) = server.new_session("b3");
+    client.ws.send(Message::Ping(b"hello"[..].into())).unwrap();
+    match client.ws.read().unwrap() {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"hello"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_oversized_message_closes_with_1009_and_keeps_the_session() {
+    let server = start_with(Config {
+        max_message_bytes: 1024,
+        ..config()
+    });
+    let (mut client, token) = server.new_session("b4");
+    let big = format!(r#"{{"type":"heartbeat","pad":"{}"}}"#, "x".repeat(2000));
+    client.send_text(&big);
+    let (close, _) = client.recv_until_closed();
+    assert_eq!(close, Some(1009));
+    server.wait_state("b4", "disconnected");
+    let mut again = server.connect(&format!("client_id=b4&resume_token={token}"));
+    assert_eq!(again.recv_json()["type"], "reconnection_sync");
+}
+
+/// Sends raw bytes to the WebSocket port and returns the HTTP response.
+fn raw_http(server: &TestServer, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.ws).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("the server answers and closes instead of hanging");
+    response
+}
+
+#[test]
+fn plain_http_on_the_websocket_port_gets_an_http_error() {
+    let server = start();
+    let on_ws = raw_http(&server, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(on_ws.starts_with("HTTP/1.1 426"), "{on_ws}");
+    assert!(on_ws.contains("upgrade_required"));
+    let post = raw_http(
+        &server,
+        b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(post.starts_with("HTTP/1.1 426"), "{post}");
+    let elsewhere = raw_http(&server, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(elsewhere.starts_with("HTTP/1.1 404"), "{elsewhere}");
+    let upgrade_elsewhere = raw_http(
+        &server,
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert!(
+        upgrade_elsewhere.starts_with("HTTP/1.1 404"),
+        "{upgrade_elsewhere}"
+    );
+    let garbage = raw_http(&server, b"\x16\x03\x01\x02\x00garbage\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+}
+
+#[test]
+fn upgrades_over_max_connections_get_503() {
+    let server = start_with(Config {
+        max_connections: 2,
+        ..config()
+    });
+    let (_a, _) = server.new_session("m1");
+    let (_b, _) = server.new_session("m2");
+    match tungstenite::connect(server.url("client_id=m3")) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
+    }
+    // A slot frees up when a client leaves.
+    drop(_a);
+    wait_until("m1's connection ends", || {
+        server
+            .get("/metrics")
+            .body
+            .contains("tether_websocket_connections 1\n")
+    });
+    let (_c, _) = server.new_session("m3");
+}

@@ -1,0 +1,319 @@
+//! The `tether` binary: flags and their environment variables, one-line
+//! errors with exit code 2, the bound addresses logged for port 0, a clean
+//! stop on SIGTERM (clients get 1001), and no secret in any log line.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn tether() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TETHER_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A running `tether serve` and every line it wrote to stderr.
+struct Process {
+    child: Child,
+    ws: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut cmd = tether();
+        cmd.arg("serve")
+            .args([
+                "--ws-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let (mut ws, mut admin) = (None, None);
+        let deadline = Instant::now() + TIMEOUT;
+        while ws.is_none() || admin.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the server logs its addresses");
+            let addr = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .map(|a| a.trim().parse::<SocketAddr>().unwrap())
+            };
+            ws = ws.or(addr("websocket listening on "));
+            admin = admin.or(addr("admin listening on "));
+        }
+        Process {
+            child,
+            ws: ws.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let mut resp = ureq::get(&format!("http://{}{path}", self.admin))
+            .call()
+            .unwrap();
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.ws)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().expect("exited, not killed");
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion: exit code and stderr.
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = tether()
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn defaults_show_in_the_running_config() {
+    let server = Process::start(&[], &[]);
+    let config = server.get("/reconnection/config");
+    assert_eq!(config["ws_listen"], server.ws.to_string());
+    assert_eq!(config["admin_listen"], server.admin.to_string());
+    assert_eq!(config["admin_token_set"], false);
+    assert_eq!(config["strategy"], "exponential_backoff");
+    assert_eq!(config["max_retry_attempts"], 10);
+    assert_eq!(config["initial_delay_ms"], 1000);
+    assert_eq!(config["max_delay_ms"], 30000);
+    assert_eq!(config["backoff_multiplier"], 2.0);
+    assert_eq!(config["retention_hours"], 24.0);
+    assert_eq!(config["max_missed_events"], 1000);
+    assert_eq!(config["state_sync_timeout_ms"], 5000);
+    assert_eq!(config["heartbeat_enabled"], true);
+    assert_eq!(config["heartbeat_interval_ms"], 30000);
+    assert_eq!(config["cleanup_interval_s"], 3600);
+    assert_eq!(config["max_connections"], 10000);
+    assert_eq!(config["max_message_bytes"], 65536);
+}
+
+#[test]
+fn environment_variables_set_flags_and_flags_win() {
+    let server = Process::start(
+        &["--max-missed-events", "9", "--retention-hours=0.5"],
+        &[
+            ("TETHER_MAX_MISSED_EVENTS", "7"),
+            ("TETHER_NO_HEARTBEAT", "TRUE"),
+            ("TETHER_STRATEGY", "linear_backoff"),
+            ("TETHER_MAX_CONNECTIONS", "42"),
+        ],
+    );
+    let config = server.get("/reconnection/config");
+    assert_eq!(config["max_missed_events"], 9);
+    assert_eq!(config["retention_hours"], 0.5);
+    assert_eq!(config["heartbeat_enabled"], false);
+    assert_eq!(config["strategy"], "linear_backoff");
+    assert_eq!(config["max_connections"], 42);
+    // And clients are told.
+    let mut client = Client::connect(&server.url("client_type=cli"));
+    let first = client.recv_json();
+    assert_eq!(first["data"]["reconnection"]["strategy"], "linear_backoff");
+    assert_eq!(first["data"]["heartbeat"]["enabled"], false);
+}
+
+#[test]
+fn bad_values_exit_2_with_one_line_naming_the_flag() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &["serve", "--max-connections", "lots"],
+            &[],
+            "--max-connections",
+        ),
+        (
+            &["serve", "--backoff-multiplier", "fast"],
+            &[],
+            "--backoff-multiplier",
+        ),
+        (&["serve", "--log-level", "loud"], &[], "--log-level"),
+        (&["serve", "--strategy", "sometimes"], &[], "--strategy"),
+        (
+            &["serve", "--retention-hours", "-1"],
+            &[],
+            "--retention-hours",
+        ),
+        (&["serve", "--ws-listen", "nowhere"], &[], "--ws-listen"),
+        (&["serve", "--frobnicate"], &[], "--frobnicate"),
+        (
+            &["serve"],
+            &[("TETHER_NO_HEARTBEAT", "maybe")],
+            "--no-heartbeat",
+        ),
+        (
+            &["serve"],
+            &[("TETHER_MAX_MESSAGE_BYTES", "")],
+            "--max-message-bytes",
+        ),
+        (
+            &[
+                "serve",
+                "--admin-listen",
+                "0.0.0.0:0",
+                "--ws-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+            "--admin-token",
+        ),
+        (&["dance"], &[], "dance"),
+    ];
+    for (args, env, flag) in cases {
+        let (code, stderr) = run(args, env);
+        assert_eq!(code, 2, "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_lists_the_flags() {
+    let out = tether().args(["serve", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--ws-listen",
+        "--admin-token",
+        "--no-heartbeat",
+        "--log-level",
+        "TETHER_MAX_CONNECTIONS",
+    ] {
+        assert!(help.contains(flag), "{flag}");
+    }
+    let out = tether().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8(out.stdout).unwrap().contains("serve"));
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_exits_0() {
+    let mut server = Process::start(&[], &[]);
+    let mut a = Client::connect(&server.url("client_id=a&client_type=cli"));
+    let mut b = Client::connect(&server.url("client_id=b&client_type=web"));
+    a.recv_json();
+    b.recv_json();
+    server.signal("TERM");
+    assert_eq!(a.recv_until_closed().0, Some(1001));
+    assert_eq!(b.recv_until_closed().0, Some(1001));
+    assert_eq!(server.wait_exit(), 0);
+    // The listeners are gone.
+    assert!(std::net::TcpStream::connect(server.ws).is_err());
+}
+
+#[test]
+fn sigint_also_stops_cleanly() {
+    let mut server = Process::start(&[], &[]);
+    server.signal("INT");
+    assert_eq!(server.wait_exit(), 0);
+}
+
+#[test]
+fn tokens_never_reach_the_log_even_at_trace() {
+    let mut server = Process::start(
+        &["--log-level", "trace", "--admin-token", "admin-s3cret"],
+        &[],
+    );
+    let mut client = Client::connect(&server.url("client_id=sec&client_type=cli"));
+    let token = client.recv_json()["data"]["resume_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(client);
+    // A resume, a refused resume and admin calls, all of which get logged.
+    let mut resumed = Client::connect(&server.url(&format!("client_id=sec&resume_token={token}")));
+    assert_eq!(resumed.recv_json()["type"], "reconnection_sync");
+    let mut refused = Client::connect(&server.url("client_id=sec&resume_token=deadbeef"));
+    assert_eq!(refused.recv_json()["code"], "invalid_resume_token");
+    let status = ureq::get(&format!("http://{}/reconnection/sessions", server.admin))
+        .header("Authorization", "Bearer admin-s3cret")
+        .call()
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(), 0);
+    let log = server.log();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains(&token), "the resume token was logged:\n{log}");
+    assert!(
+        !log.contains("admin-s3cret"),
+        "the admin token was logged:\n{log}"
+    );
+    assert!(!log.contains("deadbeef"), "a query was logged:\n{log}");
+    for line in log.lines() {
+        assert!(
+            ["[ERROR]", "[WARN]", "[INFO]", "[DEBUG]", "[TRACE]"]
+                .iter()
+                .any(|l| line.contains(l)),
+            "a log line without a visible level: {line}"
+        );
+    }
+}
