@@ -17,7 +17,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use log::{debug, error, warn};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use crate::clock::now_ms;
 use crate::connection::close;
@@ -70,10 +71,17 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn json(status: u16, body: &Value) -> Reply {
+    fn json(status: u16, body: &impl Serialize) -> Reply {
+        Reply::raw_json(
+            status,
+            serde_json::to_string(body).expect("replies serialise"),
+        )
+    }
+
+    fn raw_json(status: u16, body: String) -> Reply {
         Reply {
             status,
-            body: body.to_string(),
+            body,
             content_type: "application/json",
             allow: None,
         }
@@ -126,8 +134,8 @@ pub fn route(shared: &Shared, req: &AdminRequest<'_>) -> Reply {
         (["reconnection", "sessions", id], method) => {
             let id = percent_decode(id);
             match method {
-                "GET" => match shared.table.get(&id) {
-                    Some(session) => Reply::json(200, &session),
+                "GET" => match shared.table.get_json(&id) {
+                    Some(session) => Reply::raw_json(200, session),
                     None => unknown_session(&id),
                 },
                 "DELETE" => delete_session(shared, &id),
@@ -183,15 +191,22 @@ fn unknown_session(id: &str) -> Reply {
 }
 
 fn health(shared: &Shared) -> Reply {
+    #[derive(Serialize)]
+    struct Health {
+        status: &'static str,
+        uptime_s: u64,
+        sessions: usize,
+        connected: usize,
+    }
     let counts = shared.table.counts();
     Reply::json(
         200,
-        &json!({
-            "status": "ok",
-            "uptime_s": shared.started.elapsed().as_secs(),
-            "sessions": counts.total,
-            "connected": counts.connected,
-        }),
+        &Health {
+            status: "ok",
+            uptime_s: shared.started.elapsed().as_secs(),
+            sessions: counts.total,
+            connected: counts.connected,
+        },
     )
 }
 
@@ -211,28 +226,49 @@ fn metrics(shared: &Shared) -> Reply {
     }
 }
 
+/// `GET /reconnection/config`: the running configuration, no secrets.
+#[derive(Serialize)]
+struct RunningConfig {
+    ws_listen: String,
+    admin_listen: String,
+    admin_token_set: bool,
+    strategy: &'static str,
+    max_retry_attempts: u32,
+    initial_delay_ms: u64,
+    max_delay_ms: u64,
+    backoff_multiplier: f64,
+    retention_hours: f64,
+    max_missed_events: usize,
+    state_sync_timeout_ms: u64,
+    heartbeat_enabled: bool,
+    heartbeat_interval_ms: u64,
+    cleanup_interval_s: u64,
+    max_connections: usize,
+    max_message_bytes: usize,
+}
+
 fn config(shared: &Shared) -> Reply {
     let c = &shared.config;
     Reply::json(
         200,
-        &json!({
-            "ws_listen": shared.ws_addr.to_string(),
-            "admin_listen": shared.admin_addr.to_string(),
-            "admin_token_set": c.admin_token.is_some(),
-            "strategy": c.strategy.as_str(),
-            "max_retry_attempts": c.max_retry_attempts,
-            "initial_delay_ms": c.initial_delay_ms,
-            "max_delay_ms": c.max_delay_ms,
-            "backoff_multiplier": c.backoff_multiplier,
-            "retention_hours": c.retention_hours,
-            "max_missed_events": c.max_missed_events,
-            "state_sync_timeout_ms": c.state_sync_timeout_ms,
-            "heartbeat_enabled": c.heartbeat_enabled,
-            "heartbeat_interval_ms": c.heartbeat_interval_ms,
-            "cleanup_interval_s": c.cleanup_interval_s,
-            "max_connections": c.max_connections,
-            "max_message_bytes": c.max_message_bytes,
-        }),
+        &RunningConfig {
+            ws_listen: shared.ws_addr.to_string(),
+            admin_listen: shared.admin_addr.to_string(),
+            admin_token_set: c.admin_token.is_some(),
+            strategy: c.strategy.as_str(),
+            max_retry_attempts: c.max_retry_attempts,
+            initial_delay_ms: c.initial_delay_ms,
+            max_delay_ms: c.max_delay_ms,
+            backoff_multiplier: c.backoff_multiplier,
+            retention_hours: c.retention_hours,
+            max_missed_events: c.max_missed_events,
+            state_sync_timeout_ms: c.state_sync_timeout_ms,
+            heartbeat_enabled: c.heartbeat_enabled,
+            heartbeat_interval_ms: c.heartbeat_interval_ms,
+            cleanup_interval_s: c.cleanup_interval_s,
+            max_connections: c.max_connections,
+            max_message_bytes: c.max_message_bytes,
+        },
     )
 }
 
@@ -295,20 +331,7 @@ fn list_sessions(shared: &Shared, query: &str) -> Reply {
             _ => {}
         }
     }
-    let sessions = shared.table.list(filter);
-    let connected = sessions
-        .iter()
-        .filter(|s| s["state"] == "connected")
-        .count();
-    Reply::json(
-        200,
-        &json!({
-            "total": sessions.len(),
-            "connected": connected,
-            "disconnected": sessions.len() - connected,
-            "sessions": sessions,
-        }),
-    )
+    Reply::raw_json(200, shared.table.list_json(filter))
 }
 
 fn delete_session(shared: &Shared, id: &str) -> Reply {

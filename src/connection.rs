@@ -75,6 +75,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// A newer connection resumed this session.
     pub const TAKEN_OVER: u16 = 4000;
+    /// Silent for two heartbeat intervals.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4001;
     /// The session was deleted through the admin API.
     pub const SESSION_DELETED: u16 = 4002;
     /// `reconnection_sync` and the replay took longer than `state_sync_timeout_ms`.
@@ -171,6 +173,10 @@ pub struct Conn {
     pub(crate) queued: AtomicBool,
     /// Delay before the next retry of a blocked write, in microseconds.
     pub(crate) retry_us: AtomicU32,
+    /// The earliest pending timer wake-up (see `Writer::wake_at`); 0: none.
+    pub(crate) timer_at: AtomicU64,
+    /// Unix ms of the last ping the heartbeat thread sent.
+    pub(crate) last_ping: AtomicU64,
     /// Unix ms of the last frame from the client.
     pub(crate) last_seen: AtomicU64,
     /// Set once a close or abort has begun; nothing more is written.
@@ -182,6 +188,58 @@ pub struct Conn {
 }
 
 impl Conn {
+    fn new(
+        id: u64,
+        client_id: Arc<str>,
+        remote: SocketAddr,
+        stream: Arc<TcpStream>,
+        ws: WebSocket<ConnIo>,
+        sync_timeout: Duration,
+    ) -> Conn {
+        Conn {
+            id,
+            client_id,
+            remote,
+            stream,
+            ws: Mutex::new(ws),
+            queued: AtomicBool::new(false),
+            retry_us: AtomicU32::new(0),
+            timer_at: AtomicU64::new(0),
+            last_ping: AtomicU64::new(0),
+            last_seen: AtomicU64::new(now_ms()),
+            closed: AtomicBool::new(false),
+            replaying: AtomicBool::new(false),
+            sync_deadline: Instant::now() + sync_timeout,
+        }
+    }
+
+    /// A connection over a real loopback socket, for tests of the code
+    /// that holds connections; returns the client's end too.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u64, client_id: &str) -> (Arc<Conn>, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, remote) = listener.accept().unwrap();
+        let stream = Arc::new(server);
+        let io = ConnIo {
+            stream: Arc::clone(&stream),
+            head: None,
+            input: Vec::new(),
+            input_len: 0,
+            input_pos: 0,
+        };
+        let ws = WebSocket::from_raw_socket(io, tungstenite::protocol::Role::Server, None);
+        let conn = Conn::new(
+            id,
+            client_id.into(),
+            remote,
+            stream,
+            ws,
+            Duration::from_secs(5),
+        );
+        (Arc::new(conn), client)
+    }
+
     /// Locks the connection's `WebSocket`.
     pub(crate) fn ws(&self) -> MutexGuard<'_, WebSocket<ConnIo>> {
         self.ws.lock().unwrap_or_else(|e| e.into_inner())
@@ -204,6 +262,15 @@ impl Conn {
     pub(crate) fn write_text(ws: &mut WebSocket<ConnIo>, text: String) -> Flushed {
         match ws.write(Message::text(text)) {
             Ok(()) => Conn::flush(ws),
+            Err(e) => classify_write_error(&e),
+        }
+    }
+
+    /// Sends a WebSocket ping, without blocking.
+    pub(crate) fn ping(&self) -> Flushed {
+        let mut ws = self.ws();
+        match ws.write(Message::Ping(Default::default())) {
+            Ok(()) => Conn::flush(&mut ws),
             Err(e) => classify_write_error(&e),
         }
     }
@@ -480,19 +547,14 @@ fn open_session(
             return None;
         }
     };
-    let conn = Arc::new(Conn {
-        id: shared.next_conn_id.fetch_add(1, Ordering::Relaxed),
-        client_id: client_id.into(),
+    let conn = Arc::new(Conn::new(
+        shared.next_conn_id.fetch_add(1, Ordering::Relaxed),
+        client_id.into(),
         remote,
-        stream: Arc::clone(stream),
-        ws: Mutex::new(ws),
-        queued: AtomicBool::new(false),
-        retry_us: AtomicU32::new(0),
-        last_seen: AtomicU64::new(now_ms()),
-        closed: AtomicBool::new(false),
-        replaying: AtomicBool::new(false),
-        sync_deadline: Instant::now() + Duration::from_millis(shared.config.state_sync_timeout_ms),
-    });
+        Arc::clone(stream),
+        ws,
+        Duration::from_millis(shared.config.state_sync_timeout_ms),
+    ));
     let request = OpenRequest {
         client_type,
         resume_token: query.resume_token,

@@ -44,6 +44,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod admin;
+mod cleanup;
 pub mod cli;
 mod clock;
 pub mod config;
@@ -51,9 +52,11 @@ mod connection;
 mod dispatcher;
 mod error;
 pub mod event;
+mod heartbeat;
 mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod pacing;
 pub mod protocol;
 mod server;
 pub mod session;

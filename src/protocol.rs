@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::Config;
 
@@ -303,7 +303,19 @@ impl WireError {
 
     /// The `{"type":"error",...}` message.
     pub fn to_message(&self) -> String {
-        json!({"type": "error", "code": self.code, "message": self.message}).to_string()
+        #[derive(Serialize)]
+        struct ErrorMessage<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            code: &'a str,
+            message: &'a str,
+        }
+        serde_json::to_string(&ErrorMessage {
+            kind: "error",
+            code: self.code,
+            message: &self.message,
+        })
+        .expect("messages serialise")
     }
 }
 
@@ -425,30 +437,91 @@ fn seq_field(name: &str, v: &Value) -> Result<u64, WireError> {
     })
 }
 
+/// A server message: `{"type": ..., "data": ...}`, with `type` first as
+/// in the contract's examples.
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: T,
+}
+
+fn envelope<T: Serialize>(kind: &str, data: T) -> String {
+    serde_json::to_string(&Envelope { kind, data }).expect("messages serialise")
+}
+
+/// The `heartbeat` block of the first message.
+#[derive(Debug, Clone, Serialize)]
+struct HeartbeatSettings {
+    enabled: bool,
+    interval_ms: u64,
+    timeout_ms: u64,
+}
+
+/// The `reconnection` block of the first message.
+#[derive(Debug, Clone, Serialize)]
+struct ReconnectionSettings {
+    strategy: &'static str,
+    max_retry_attempts: u32,
+    initial_delay_ms: u64,
+    max_delay_ms: u64,
+    backoff_multiplier: f64,
+    state_sync_timeout_ms: u64,
+}
+
 /// The heartbeat and reconnection settings every first message announces.
 #[derive(Debug, Clone)]
 pub struct Announcement {
-    heartbeat: Value,
-    reconnection: Value,
+    heartbeat: HeartbeatSettings,
+    reconnection: ReconnectionSettings,
+}
+
+#[derive(Serialize)]
+struct Established<'a> {
+    client_id: &'a str,
+    client_type: ClientType,
+    resume_token: &'a str,
+    session_restored: bool,
+    current_seq: u64,
+    preferences: &'a Preferences,
+    heartbeat: &'a HeartbeatSettings,
+    reconnection: &'a ReconnectionSettings,
+}
+
+#[derive(Serialize)]
+struct Sync<'a> {
+    client_id: &'a str,
+    client_type: ClientType,
+    session_restored: bool,
+    last_seq: u64,
+    current_seq: u64,
+    missed_events: u64,
+    gap: bool,
+    dropped_events: u64,
+    disconnected_ms: u64,
+    reconnect_count: u64,
+    preferences: &'a Preferences,
+    heartbeat: &'a HeartbeatSettings,
+    reconnection: &'a ReconnectionSettings,
 }
 
 impl Announcement {
     /// The blocks of contract section 3 for this configuration.
     pub fn new(config: &Config) -> Self {
         Announcement {
-            heartbeat: json!({
-                "enabled": config.heartbeat_enabled,
-                "interval_ms": config.heartbeat_interval_ms,
-                "timeout_ms": config.heartbeat_interval_ms * 2,
-            }),
-            reconnection: json!({
-                "strategy": config.strategy.as_str(),
-                "max_retry_attempts": config.max_retry_attempts,
-                "initial_delay_ms": config.initial_delay_ms,
-                "max_delay_ms": config.max_delay_ms,
-                "backoff_multiplier": config.backoff_multiplier,
-                "state_sync_timeout_ms": config.state_sync_timeout_ms,
-            }),
+            heartbeat: HeartbeatSettings {
+                enabled: config.heartbeat_enabled,
+                interval_ms: config.heartbeat_interval_ms,
+                timeout_ms: config.heartbeat_interval_ms * 2,
+            },
+            reconnection: ReconnectionSettings {
+                strategy: config.strategy.as_str(),
+                max_retry_attempts: config.max_retry_attempts,
+                initial_delay_ms: config.initial_delay_ms,
+                max_delay_ms: config.max_delay_ms,
+                backoff_multiplier: config.backoff_multiplier,
+                state_sync_timeout_ms: config.state_sync_timeout_ms,
+            },
         }
     }
 
@@ -461,37 +534,42 @@ impl Announcement {
         resume_token: &str,
         preferences: &Preferences,
     ) -> String {
-        json!({"type": "connection_established", "data": {
-            "client_id": client_id,
-            "client_type": client_type,
-            "resume_token": resume_token,
-            "session_restored": false,
-            "current_seq": 0,
-            "preferences": preferences,
-            "heartbeat": self.heartbeat,
-            "reconnection": self.reconnection,
-        }})
-        .to_string()
+        envelope(
+            "connection_established",
+            Established {
+                client_id,
+                client_type,
+                resume_token,
+                session_restored: false,
+                current_seq: 0,
+                preferences,
+                heartbeat: &self.heartbeat,
+                reconnection: &self.reconnection,
+            },
+        )
     }
 
     /// `reconnection_sync` for a resumed session.
     pub fn reconnection_sync(&self, sync: &SyncSummary<'_>) -> String {
-        json!({"type": "reconnection_sync", "data": {
-            "client_id": sync.client_id,
-            "client_type": sync.client_type,
-            "session_restored": true,
-            "last_seq": sync.last_seq,
-            "current_seq": sync.current_seq,
-            "missed_events": sync.missed_events,
-            "gap": sync.missed_events < sync.current_seq - sync.last_seq,
-            "dropped_events": sync.current_seq - sync.last_seq - sync.missed_events,
-            "disconnected_ms": sync.disconnected_ms,
-            "reconnect_count": sync.reconnect_count,
-            "preferences": sync.preferences,
-            "heartbeat": self.heartbeat,
-            "reconnection": self.reconnection,
-        }})
-        .to_string()
+        let requested = sync.current_seq - sync.last_seq;
+        envelope(
+            "reconnection_sync",
+            Sync {
+                client_id: sync.client_id,
+                client_type: sync.client_type,
+                session_restored: true,
+                last_seq: sync.last_seq,
+                current_seq: sync.current_seq,
+                missed_events: sync.missed_events,
+                gap: sync.missed_events < requested,
+                dropped_events: requested - sync.missed_events,
+                disconnected_ms: sync.disconnected_ms,
+                reconnect_count: sync.reconnect_count,
+                preferences: sync.preferences,
+                heartbeat: &self.heartbeat,
+                reconnection: &self.reconnection,
+            },
+        )
     }
 }
 
@@ -523,7 +601,7 @@ pub fn heartbeat_ack(server_time: u64, current_seq: u64) -> String {
 
 /// `{"type":"preferences_updated",...}`.
 pub fn preferences_updated(preferences: &Preferences) -> String {
-    json!({"type": "preferences_updated", "data": preferences}).to_string()
+    envelope("preferences_updated", preferences)
 }
 
 /// The query parameters of `/ws` (contract sections 3 and 10). An empty
@@ -593,6 +671,7 @@ pub fn parse_seq(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn user_agent_rules_in_order() {

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Announcement;
 use crate::session_table::SessionTable;
 use crate::writer::{self, Writer};
+use crate::{cleanup, heartbeat};
 
 /// Publish requests waiting for the dispatcher before publishers wait.
 const PUBLISH_QUEUE: usize = 256;
@@ -136,6 +137,20 @@ impl Server {
             server.threads.push(spawn(
                 "tether-timer",
                 Box::new(move || writer::run_timer(s, later, r)),
+            )?);
+        }
+        if shared.config.heartbeat_enabled {
+            let (s, r) = (Arc::clone(&shared), stopped.clone());
+            server.threads.push(spawn(
+                "tether-heartbeat",
+                Box::new(move || heartbeat::run(s, r)),
+            )?);
+        }
+        {
+            let (s, r) = (Arc::clone(&shared), stopped.clone());
+            server.threads.push(spawn(
+                "tether-cleanup",
+                Box::new(move || cleanup::run(s, r)),
             )?);
         }
         server.admin = Some(AdminServer::start(&shared, admin_listener)?);

@@ -8,12 +8,14 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::connection::Conn;
 use crate::event::Event;
-use crate::protocol::{ClientType, Preferences};
+use crate::pacing::{Allowance, Pacing, MAX_BATCH_EVENTS};
+use crate::protocol::{ClientType, Delivery, Preferences};
 use crate::token::ResumeToken;
 
 /// A client's session; it outlives its connections.
@@ -43,15 +45,30 @@ pub struct Session {
     sent_seq: u64,
     /// Events up to this seq are replayed (`"replayed":true`) on the live connection.
     replay_until: u64,
+    /// The live connection's rate limit and batch window.
+    pacing: Pacing,
 }
 
-/// Events taken from a session for its connection, in seq order.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// `(seq, event, replayed)`.
+/// What a session's connection should be sent now.
+#[derive(Debug)]
+pub struct Due {
+    /// `(seq, event, replayed)`, in seq order.
     pub items: Vec<(u64, Arc<Event>, bool)>,
-    /// More events are waiting after these.
-    pub more: bool,
+    /// Send them as one `event_batch` rather than one `event` each.
+    pub as_batch: bool,
+    /// What to do after sending them.
+    pub then: Then,
+}
+
+/// When a connection needs the writer again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Not until new events arrive.
+    Idle,
+    /// At once: more is due (the writer moves on to others first).
+    Continue,
+    /// At this instant (rate limit or batch window).
+    At(Instant),
 }
 
 /// What a resume found; the numbers of `reconnection_sync`.
@@ -72,11 +89,13 @@ pub struct Resumed {
 impl Session {
     /// A new, connected session with a fresh resume token.
     pub fn new(client_id: Arc<str>, client_type: ClientType, now: u64) -> Session {
+        let preferences = Preferences::defaults_for(client_type);
         Session {
+            pacing: Pacing::new(&preferences, Instant::now()),
             client_id,
             client_type,
             token: ResumeToken::generate(),
-            preferences: Preferences::defaults_for(client_type),
+            preferences,
             created_at: now,
             connected_at: None,
             disconnected_at: None,
@@ -157,17 +176,22 @@ impl Session {
     }
 
     /// Releases retained events published before `cutoff` (Unix ms).
-    /// Returns how many of them were dropped (never written).
-    pub fn expire(&mut self, cutoff: u64) -> u64 {
-        let mut dropped = 0;
+    /// Returns how many were released and how many of those were dropped
+    /// (never written to a connection).
+    pub fn expire(&mut self, cutoff: u64) -> (u64, u64) {
+        let (mut released, mut dropped) = (0, 0);
         while self.retained.front().is_some_and(|e| e.timestamp < cutoff) {
             if self.first_retained_seq() > self.written_seq {
                 dropped += 1;
             }
             self.retained.pop_front();
+            released += 1;
         }
         self.dropped_events_total += dropped;
-        dropped
+        if self.retained.capacity() > 64 && self.retained.len() < self.retained.capacity() / 4 {
+            self.retained.shrink_to_fit();
+        }
+        (released, dropped)
     }
 
     /// Attaches a new connection that has processed up to `last_seq`.
@@ -178,6 +202,13 @@ impl Session {
         self.sent_seq = last_seq.max(self.first_retained_seq() - 1);
         self.replay_until = self.current_seq;
         self.missed_events = 0;
+        self.pacing = Pacing::new(&self.preferences, Instant::now());
+    }
+
+    /// Replaces the preferences; the live connection's pacing follows.
+    pub fn set_preferences(&mut self, preferences: Preferences) {
+        self.pacing.reconfigure(&self.preferences, &preferences);
+        self.preferences = preferences;
     }
 
     /// Attaches the first connection of a new session.
@@ -229,27 +260,70 @@ impl Session {
         true
     }
 
-    /// Takes up to `max` events not yet handed to the live connection.
-    pub fn next_batch(&mut self, max: usize) -> Batch {
+    /// The events due on the live connection now: first the replay, as fast
+    /// as the connection takes it, then live events within the rate limit
+    /// and batch window. At most `max_events` for `immediate` delivery, at
+    /// most one batch's worth for `batched`.
+    pub fn take_due(&mut self, now: Instant, max_events: usize) -> Due {
+        let as_batch = self.preferences.delivery == Delivery::Batched;
+        let limit = if as_batch {
+            MAX_BATCH_EVENTS
+        } else {
+            max_events
+        };
         let start = (self.sent_seq + 1).max(self.first_retained_seq());
+        let nothing = |then| Due {
+            items: Vec::new(),
+            as_batch,
+            then,
+        };
         if start > self.current_seq {
-            return Batch::default();
+            return nothing(Then::Idle);
         }
-        let available = (self.current_seq - start + 1) as usize;
-        let take = available.min(max);
+        if start <= self.replay_until {
+            let items = self.take(start, limit.min((self.replay_until - start + 1) as usize));
+            let then = if self.sent_seq < self.current_seq {
+                Then::Continue
+            } else {
+                Then::Idle
+            };
+            return Due {
+                items,
+                as_batch,
+                then,
+            };
+        }
+        let pending = (self.current_seq - start + 1) as usize;
+        let allowed = match self.pacing.allowance(&self.preferences, pending, now) {
+            Allowance::At(at) => return nothing(Then::At(at)),
+            Allowance::Now(n) => n.min(limit),
+        };
+        let items = self.take(start, allowed);
+        let left = pending - allowed;
+        let then = match self.pacing.spend(&self.preferences, allowed, left, now) {
+            Some(at) => Then::At(at),
+            None if left > 0 => Then::Continue,
+            None => Then::Idle,
+        };
+        Due {
+            items,
+            as_batch,
+            then,
+        }
+    }
+
+    /// Hands `count` events from `start` to the live connection.
+    fn take(&mut self, start: u64, count: usize) -> Vec<(u64, Arc<Event>, bool)> {
         let offset = (start - self.first_retained_seq()) as usize;
         let items = self
             .retained
-            .range(offset..offset + take)
+            .range(offset..offset + count)
             .zip(start..)
             .map(|(event, seq)| (seq, Arc::clone(event), seq <= self.replay_until))
             .collect();
-        self.sent_seq = start + take as u64 - 1;
+        self.sent_seq = start + count as u64 - 1;
         self.written_seq = self.written_seq.max(self.sent_seq);
-        Batch {
-            items,
-            more: take < available,
-        }
+        items
     }
 
     /// Whether the live connection is still being sent its replay.
@@ -258,31 +332,57 @@ impl Session {
     }
 
     /// The `<session>` object of the admin API. Never contains the token.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "client_id": &*self.client_id,
-            "client_type": self.client_type,
-            "state": if self.is_connected() { "connected" } else { "disconnected" },
-            "created_at": self.created_at,
-            "connected_at": self.connected_at,
-            "disconnected_at": self.disconnected_at,
-            "last_heartbeat": self.last_heartbeat,
-            "current_seq": self.current_seq,
-            "acked_seq": self.acked_seq,
-            "missed_events": self.missed_events,
-            "retained_events": self.retained.len(),
-            "dropped_events_total": self.dropped_events_total,
-            "reconnect_count": self.reconnect_count,
-            "preferences": self.preferences,
-            "remote_addr": self.remote_addr.map(|a| a.to_string()),
-        })
+    pub fn view(&self) -> SessionView<'_> {
+        SessionView {
+            client_id: &self.client_id,
+            client_type: self.client_type,
+            state: if self.is_connected() {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            created_at: self.created_at,
+            connected_at: self.connected_at,
+            disconnected_at: self.disconnected_at,
+            last_heartbeat: self.last_heartbeat,
+            current_seq: self.current_seq,
+            acked_seq: self.acked_seq,
+            missed_events: self.missed_events,
+            retained_events: self.retained.len(),
+            dropped_events_total: self.dropped_events_total,
+            reconnect_count: self.reconnect_count,
+            preferences: &self.preferences,
+            remote_addr: self.remote_addr,
+        }
     }
+}
+
+/// A session as the admin API shows it (contract section 6), fields in the
+/// contract's order.
+#[derive(Debug, Serialize)]
+pub struct SessionView<'a> {
+    client_id: &'a str,
+    client_type: ClientType,
+    state: &'static str,
+    created_at: u64,
+    connected_at: Option<u64>,
+    disconnected_at: Option<u64>,
+    last_heartbeat: Option<u64>,
+    current_seq: u64,
+    acked_seq: u64,
+    missed_events: u64,
+    retained_events: usize,
+    dropped_events_total: u64,
+    reconnect_count: u64,
+    preferences: &'a Preferences,
+    remote_addr: Option<SocketAddr>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{parse_publish_body, LiveEvents};
+    use std::time::Duration;
 
     fn events(n: u64) -> Vec<Arc<Event>> {
         let live = Arc::new(LiveEvents::default());
@@ -292,8 +392,18 @@ mod tests {
             .collect()
     }
 
+    /// A session whose live connection may take 10000 events a second.
     fn session() -> Session {
-        Session::new("c1".into(), ClientType::Cli, 0)
+        let mut s = Session::new("c1".into(), ClientType::Cli, 0);
+        let mut fast = s.preferences.clone();
+        fast.max_events_per_second = 10_000;
+        s.set_preferences(fast.clone());
+        s.pacing = Pacing::new(&fast, Instant::now());
+        s
+    }
+
+    fn seqs(due: &Due) -> Vec<u64> {
+        due.items.iter().map(|i| i.0).collect()
     }
 
     #[test]
@@ -306,10 +416,9 @@ mod tests {
         assert_eq!(s.ack(6), Err(5));
         s.ack(3).unwrap();
         assert_eq!(s.retained_len(), 2);
-        let batch = s.next_batch(10);
-        let seqs: Vec<u64> = batch.items.iter().map(|i| i.0).collect();
-        assert_eq!(seqs, vec![4, 5]);
-        assert_eq!(batch.items[0].1.id, 4);
+        let due = s.take_due(Instant::now(), 10);
+        assert_eq!(seqs(&due), vec![4, 5]);
+        assert_eq!(due.items[0].1.id, 4);
     }
 
     #[test]
@@ -319,26 +428,58 @@ mod tests {
         for e in &evs[..3] {
             s.track(Arc::clone(e), 3);
         }
-        assert_eq!(s.next_batch(2).items.len(), 2); // seqs 1 and 2 written
+        assert_eq!(s.take_due(Instant::now(), 2).items.len(), 2); // seqs 1 and 2 written
         assert!(!s.track(Arc::clone(&evs[3]), 3)); // releases 1: written
         assert!(!s.track(Arc::clone(&evs[4]), 3)); // releases 2: written
         assert!(s.track(Arc::clone(&evs[5]), 3)); // releases 3: never written
         assert_eq!(s.dropped_events_total, 1);
-        let seqs: Vec<u64> = s.next_batch(10).items.iter().map(|i| i.0).collect();
-        assert_eq!(seqs, vec![4, 5, 6]);
+        assert_eq!(seqs(&s.take_due(Instant::now(), 10)), vec![4, 5, 6]);
     }
 
     #[test]
-    fn batches_are_bounded_and_report_more() {
+    fn turns_are_bounded_and_say_what_comes_next() {
         let mut s = session();
         for e in events(5) {
             s.track(e, 10);
         }
-        let b = s.next_batch(3);
-        assert_eq!((b.items.len(), b.more), (3, true));
-        let b = s.next_batch(3);
-        assert_eq!((b.items.len(), b.more), (2, false));
-        assert!(s.next_batch(3).items.is_empty());
+        let due = s.take_due(Instant::now(), 3);
+        assert_eq!((due.items.len(), due.then), (3, Then::Continue));
+        let due = s.take_due(Instant::now(), 3);
+        assert_eq!((due.items.len(), due.then), (2, Then::Idle));
+        assert!(s.take_due(Instant::now(), 3).items.is_empty());
+    }
+
+    #[test]
+    fn live_events_are_rate_limited_but_replay_is_not() {
+        let mut s = Session::new("c2".into(), ClientType::Cli, 0); // 20/s
+        for e in events(50) {
+            s.track(e, 100);
+        }
+        let t0 = Instant::now();
+        let due = s.take_due(t0, 128);
+        assert_eq!(due.items.len(), 20);
+        assert!(matches!(due.then, Then::At(at) if at > t0));
+        // Disconnect and resume from 0: all 50 are replay, unpaced.
+        s.replay_until = s.current_seq;
+        s.sent_seq = 0;
+        let due = s.take_due(t0, 128);
+        assert_eq!(due.items.len(), 50);
+        assert!(due.items.iter().all(|i| i.2));
+    }
+
+    #[test]
+    fn batched_sessions_wait_for_their_window() {
+        let mut s = Session::new("c3".into(), ClientType::Web, 0); // 10/s, 1 s
+        for e in events(3) {
+            s.track(e, 100);
+        }
+        let t0 = Instant::now();
+        let due = s.take_due(t0, 128);
+        assert!(due.items.is_empty());
+        assert_eq!(due.then, Then::At(t0 + Duration::from_millis(1000)));
+        let due = s.take_due(t0 + Duration::from_millis(1000), 128);
+        assert!(due.as_batch);
+        assert_eq!((seqs(&due), due.then), (vec![1, 2, 3], Then::Idle));
     }
 
     #[test]
@@ -347,7 +488,7 @@ mod tests {
         for e in events(4) {
             s.track(e, 10);
         }
-        assert_eq!(s.expire(25), 2);
+        assert_eq!(s.expire(25), (2, 2));
         assert_eq!(s.retained_len(), 2);
         assert_eq!(s.dropped_events_total, 2);
     }

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::connection::Conn;
@@ -16,7 +18,7 @@ use crate::protocol::{
     heartbeat_ack, parse_seq, preferences_updated, Announcement, ClientType, Priority, SyncSummary,
     WireError,
 };
-use crate::session::{Batch, Session};
+use crate::session::{Due, Session, SessionView};
 
 /// What a connection asks for when it opens, beside its `client_id`.
 #[derive(Debug)]
@@ -54,10 +56,22 @@ pub(crate) struct Fanout {
 /// Events taken for a connection, and whether it is still being replayed to.
 #[derive(Debug)]
 pub(crate) struct Taken {
-    /// The events, in seq order.
-    pub batch: Batch,
+    /// The events and what comes next.
+    pub due: Due,
     /// Replayed events remain after these.
     pub still_replaying: bool,
+}
+
+/// What a cleanup pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Whole sessions, disconnected for longer than the retention period.
+    pub sessions: usize,
+    /// Retained events older than the retention period, released from the
+    /// sessions that remain.
+    pub events: u64,
+    /// Of those events, the ones never written to a client.
+    pub dropped: u64,
 }
 
 /// Which sessions a listing wants.
@@ -227,7 +241,7 @@ impl SessionTable {
                 .preferences
                 .updated(data)
                 .map_err(|why| WireError::new("invalid_preferences", why))?;
-            s.preferences = next;
+            s.set_preferences(next);
             Ok(preferences_updated(&s.preferences))
         })
         .unwrap_or_else(|| Err(WireError::new("invalid_preferences", "the session is gone")))
@@ -281,16 +295,36 @@ impl SessionTable {
         out
     }
 
-    /// Takes up to `max` events not yet written to `conn`, or `None` if
-    /// `conn` is no longer its session's connection.
-    pub(crate) fn next_batch(&self, conn: &Conn, max: usize) -> Option<Taken> {
+    /// The events due on `conn` now (see [`Session::take_due`]), or `None`
+    /// if `conn` is no longer its session's connection.
+    pub(crate) fn take_due(&self, conn: &Conn, now: Instant, max_events: usize) -> Option<Taken> {
         self.with_attached(conn, |s| {
-            let batch = s.next_batch(max);
+            let due = s.take_due(now, max_events);
             Taken {
-                batch,
+                due,
                 still_replaying: s.is_replaying(),
             }
         })
+    }
+
+    /// Removes sessions disconnected since before `cutoff` and releases
+    /// events published before it (both Unix ms). Once everything has
+    /// expired the table's memory is given back too.
+    pub fn expire(&self, cutoff: u64) -> Expired {
+        let mut expired = Expired::default();
+        let mut sessions = self.lock();
+        let before = sessions.len();
+        sessions.retain(|_, s| s.is_connected() || s.disconnected_at.is_none_or(|at| at >= cutoff));
+        expired.sessions = before - sessions.len();
+        for s in sessions.values_mut() {
+            let (released, dropped) = s.expire(cutoff);
+            expired.events += released;
+            expired.dropped += dropped;
+        }
+        if sessions.capacity() > 64 && sessions.len() < sessions.capacity() / 4 {
+            sessions.shrink_to_fit();
+        }
+        expired
     }
 
     /// Forgets a session. Returns `None` if unknown, else its connection
@@ -336,8 +370,16 @@ impl SessionTable {
         }
     }
 
-    /// The admin API's `<session>` objects, sorted by `client_id`.
-    pub fn list(&self, filter: SessionFilter) -> Vec<Value> {
+    /// The admin API's listing: `{"sessions":[...],"total":..,"connected":..,
+    /// "disconnected":..}`, sessions sorted by `client_id`.
+    pub fn list_json(&self, filter: SessionFilter) -> String {
+        #[derive(Serialize)]
+        struct Listing<'a> {
+            sessions: Vec<SessionView<'a>>,
+            total: usize,
+            connected: usize,
+            disconnected: usize,
+        }
         let sessions = self.lock();
         let mut picked: Vec<&Session> = sessions
             .values()
@@ -345,12 +387,21 @@ impl SessionTable {
             .filter(|s| filter.client_type.is_none_or(|t| t == s.client_type))
             .collect();
         picked.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
-        picked.iter().map(|s| s.to_json()).collect()
+        let connected = picked.iter().filter(|s| s.is_connected()).count();
+        let listing = Listing {
+            total: picked.len(),
+            connected,
+            disconnected: picked.len() - connected,
+            sessions: picked.iter().map(|s| s.view()).collect(),
+        };
+        serde_json::to_string(&listing).expect("sessions serialise")
     }
 
-    /// One `<session>` object.
-    pub fn get(&self, client_id: &str) -> Option<Value> {
-        self.lock().get(client_id).map(Session::to_json)
+    /// One `<session>` object, as JSON.
+    pub fn get_json(&self, client_id: &str) -> Option<String> {
+        let sessions = self.lock();
+        let session = sessions.get(client_id)?;
+        Some(serde_json::to_string(&session.view()).expect("sessions serialise"))
     }
 }
 
@@ -359,4 +410,101 @@ fn invalid_ack(current_seq: u64) -> WireError {
         "invalid_ack",
         format!("cannot acknowledge beyond current_seq ({current_seq})"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::event::{parse_publish_body, LiveEvents};
+    use serde_json::json;
+
+    fn table() -> SessionTable {
+        SessionTable::new(100, Announcement::new(&Config::default()))
+    }
+
+    /// Opens a session on a test connection; the client's end of the socket
+    /// goes to `clients` so it stays open for the test.
+    fn open(
+        table: &SessionTable,
+        clients: &mut Vec<std::net::TcpStream>,
+        id: u64,
+        client_id: &str,
+    ) -> Arc<Conn> {
+        let (conn, client) = Conn::for_test(id, client_id);
+        clients.push(client);
+        let request = OpenRequest {
+            client_type: ClientType::Cli,
+            resume_token: None,
+            last_seq: None,
+        };
+        table.open(&conn, request, 0).unwrap();
+        conn
+    }
+
+    fn event(body: &str, id: u64) -> (Arc<Event>, Option<Vec<String>>) {
+        let live = Arc::new(LiveEvents::default());
+        let new = parse_publish_body(body).unwrap().remove(0);
+        (Arc::new(Event::new(id, 0, &new, &live)), new.targets)
+    }
+
+    #[test]
+    fn fan_out_wakes_high_priority_sessions_first() {
+        let table = table();
+        let mut clients = Vec::new();
+        let mut expected = Vec::new();
+        // Opened in an order unrelated to their priorities.
+        for (i, priority) in ["low", "high", "medium", "low", "high", "medium"]
+            .iter()
+            .enumerate()
+        {
+            let conn = open(&table, &mut clients, i as u64, &format!("s{i}"));
+            table
+                .update_preferences(&conn, &json!({ "priority": priority }))
+                .unwrap();
+            expected.push((*priority, conn.id));
+        }
+        let rank = |p: &str| {
+            ["high", "medium", "low"]
+                .iter()
+                .position(|q| *q == p)
+                .unwrap()
+        };
+        let fanout = table.publish(&[event(r#"{"event_type":"x"}"#, 1)]);
+        let woken: Vec<usize> = fanout
+            .wake
+            .iter()
+            .map(|c| rank(expected.iter().find(|(_, id)| *id == c.id).unwrap().0))
+            .collect();
+        assert_eq!(woken.len(), 6);
+        assert!(
+            woken.windows(2).all(|w| w[0] <= w[1]),
+            "woken by rank {woken:?}"
+        );
+        assert_eq!(fanout.matched, vec![6]);
+    }
+
+    #[test]
+    fn filtered_events_take_no_seq() {
+        let table = table();
+        let mut clients = Vec::new();
+        let conn = open(&table, &mut clients, 1, "f");
+        table
+            .update_preferences(
+                &conn,
+                &json!({"event_types": ["build.*", "deploy"], "min_event_priority": "medium"}),
+            )
+            .unwrap();
+        let events = [
+            event(r#"{"event_type":"build.done"}"#, 1),
+            event(r#"{"event_type":"build"}"#, 2),
+            event(r#"{"event_type":"deploy","priority":"low"}"#, 3),
+            event(r#"{"event_type":"deploy","priority":"critical"}"#, 4),
+            event(r#"{"event_type":"other"}"#, 5),
+        ];
+        let fanout = table.publish(&events);
+        assert_eq!(fanout.matched, vec![1, 0, 0, 1, 0]);
+        let session: Value = serde_json::from_str(&table.get_json("f").unwrap()).unwrap();
+        assert_eq!(session["current_seq"], 2);
+    }
 }

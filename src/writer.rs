@@ -21,7 +21,9 @@ use crossbeam_channel::{select, Receiver, Sender};
 use tungstenite::Message;
 
 use crate::connection::{close, Conn, Flushed};
+use crate::event::Event;
 use crate::server::Shared;
+use crate::session::Then;
 
 /// Events written to one connection before the pool moves to the next one.
 pub const MAX_EVENTS_PER_TURN: usize = 128;
@@ -35,6 +37,8 @@ const MAX_RETRY: u32 = 250_000;
 pub(crate) struct Writer {
     work: Sender<Arc<Conn>>,
     later: Sender<Timed>,
+    /// The origin of the instants kept in each connection's `timer_at`.
+    epoch: Instant,
 }
 
 impl Writer {
@@ -42,7 +46,8 @@ impl Writer {
     pub(crate) fn new() -> (Writer, Receiver<Arc<Conn>>, Receiver<Timed>) {
         let (work, work_rx) = crossbeam_channel::unbounded();
         let (later, later_rx) = crossbeam_channel::unbounded();
-        (Writer { work, later }, work_rx, later_rx)
+        let epoch = Instant::now();
+        (Writer { work, later, epoch }, work_rx, later_rx)
     }
 
     /// Queues `conn` for writing unless it is queued already.
@@ -67,12 +72,43 @@ impl Writer {
         );
     }
 
-    /// Queues `conn` at `at`.
+    /// Queues `conn` at `at`, unless it is already due to be woken by then:
+    /// a connection paced by its rate limit is woken by every new event, and
+    /// only the earliest wake-up needs a timer.
     pub(crate) fn wake_at(&self, conn: &Arc<Conn>, at: Instant) {
+        // Microseconds since the epoch, plus one so that 0 means "none".
+        let mark = at.saturating_duration_since(self.epoch).as_micros() as u64 + 1;
+        let mut current = conn.timer_at.load(Ordering::Acquire);
+        loop {
+            if current != 0 && current <= mark {
+                return;
+            }
+            match conn
+                .timer_at
+                .compare_exchange(current, mark, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
         let _ = self.later.send(Timed {
             at,
+            mark,
             conn: Arc::clone(conn),
         });
+    }
+
+    /// A timer fired: wakes the connection if this was its earliest timer.
+    fn fire(&self, timed: &Timed) {
+        let cleared = timed.conn.timer_at.compare_exchange(
+            timed.mark,
+            0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if cleared.is_ok() {
+            self.wake(&timed.conn);
+        }
     }
 }
 
@@ -80,6 +116,7 @@ impl Writer {
 #[derive(Debug)]
 pub(crate) struct Timed {
     at: Instant,
+    mark: u64,
     conn: Arc<Conn>,
 }
 
@@ -123,7 +160,7 @@ pub(crate) fn run_timer(shared: Arc<Shared>, later: Receiver<Timed>, stop: Recei
         let now = Instant::now();
         while due.peek().is_some_and(|t| t.0.at <= now) {
             let Reverse(timed) = due.pop().expect("peeked");
-            shared.writer.wake(&timed.conn);
+            shared.writer.fire(&timed);
         }
         // With nothing due, sleep until told otherwise; a new entry or the
         // stop signal ends the wait.
@@ -141,14 +178,15 @@ pub(crate) fn run_timer(shared: Arc<Shared>, later: Receiver<Timed>, stop: Recei
     }
 }
 
-/// Writes what `conn` has waiting, without blocking.
+/// Writes what `conn` has due, without blocking.
 fn serve(shared: &Shared, conn: &Arc<Conn>) {
     conn.queued.store(false, Ordering::Release);
     if conn.is_closed() {
         return;
     }
     let mut ws = conn.ws();
-    if conn.replaying.load(Ordering::Acquire) && Instant::now() > conn.sync_deadline {
+    let now = Instant::now();
+    if conn.replaying.load(Ordering::Acquire) && now > conn.sync_deadline {
         drop(ws);
         conn.close(close::SYNC_TIMEOUT, "sync_timeout");
         return;
@@ -156,18 +194,28 @@ fn serve(shared: &Shared, conn: &Arc<Conn>) {
     let mut flushed = Conn::flush(&mut ws);
     if flushed != Flushed::Done {
         drop(ws);
-        after_write(shared, conn, flushed, false);
+        after_write(shared, conn, flushed, Then::Continue);
         return;
     }
-    let Some(taken) = shared.table.next_batch(conn, MAX_EVENTS_PER_TURN) else {
+    let Some(taken) = shared.table.take_due(conn, now, MAX_EVENTS_PER_TURN) else {
         return;
     };
     if !taken.still_replaying {
         conn.replaying.store(false, Ordering::Release);
     }
-    let items = &taken.batch.items;
-    for (seq, event, replayed) in items {
-        if let Err(e) = ws.write(Message::text(event.message(*seq, *replayed))) {
+    let due = &taken.due;
+    let messages: Vec<String> = if due.items.is_empty() {
+        Vec::new()
+    } else if due.as_batch {
+        vec![batch_message(&due.items)]
+    } else {
+        due.items
+            .iter()
+            .map(|(seq, event, replayed)| event.message(*seq, *replayed))
+            .collect()
+    };
+    for message in messages {
+        if let Err(e) = ws.write(Message::text(message)) {
             flushed = crate::connection::classify_write_error(&e);
             if flushed == Flushed::Dead {
                 break;
@@ -178,23 +226,39 @@ fn serve(shared: &Shared, conn: &Arc<Conn>) {
         flushed = Conn::flush(&mut ws);
     }
     drop(ws);
-    let replayed = items.iter().filter(|i| i.2).count() as u64;
+    let replayed = due.items.iter().filter(|i| i.2).count() as u64;
     let metrics = &shared.metrics;
     metrics
         .events_delivered_total
-        .fetch_add(items.len() as u64, Ordering::Relaxed);
+        .fetch_add(due.items.len() as u64, Ordering::Relaxed);
     metrics
         .events_replayed_total
         .fetch_add(replayed, Ordering::Relaxed);
-    after_write(shared, conn, flushed, taken.batch.more);
+    after_write(shared, conn, flushed, due.then);
 }
 
-fn after_write(shared: &Shared, conn: &Arc<Conn>, flushed: Flushed, more: bool) {
+/// `{"type":"event_batch","events":[...]}`.
+fn batch_message(items: &[(u64, Arc<Event>, bool)]) -> String {
+    let mut out = String::with_capacity(64 + items.len() * 160);
+    out.push_str(r#"{"type":"event_batch","events":["#);
+    for (i, (seq, event, replayed)) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        event.push_batch_item(&mut out, *seq, *replayed);
+    }
+    out.push_str("]}");
+    out
+}
+
+fn after_write(shared: &Shared, conn: &Arc<Conn>, flushed: Flushed, then: Then) {
     match flushed {
         Flushed::Done => {
             conn.retry_us.store(0, Ordering::Relaxed);
-            if more {
-                shared.writer.wake(conn);
+            match then {
+                Then::Idle => {}
+                Then::Continue => shared.writer.wake(conn),
+                Then::At(at) => shared.writer.wake_at(conn, at),
             }
         }
         Flushed::Blocked => shared.writer.retry(conn),

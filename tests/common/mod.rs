@@ -82,13 +82,14 @@ impl TestServer {
         Client::connect(&self.url(query))
     }
 
-    /// Connects a new CLI session (immediate delivery) named `id` and returns
-    /// the client and its resume token.
+    /// Connects a new CLI session (immediate delivery) named `id`, lifts its
+    /// rate limit to 10000 events/s, and returns the client and its token.
     pub fn new_session(&self, id: &str) -> (Client, String) {
         let mut client = self.connect(&format!("client_id={id}&client_type=cli"));
         let first = client.recv_json();
         assert_eq!(first["type"], "connection_established", "{first}");
         let token = first["data"]["resume_token"].as_str().unwrap().to_string();
+        client.set_preferences(&json!({"max_events_per_second": 10000}));
         (client, token)
     }
 
@@ -161,6 +162,16 @@ impl TestServer {
             .map(|i| json!({"event_type": t, "data": {"i": i}}))
             .collect();
         self.publish(&Value::Array(events))
+    }
+
+    /// The value of one metrics sample, e.g. `tether_retained_events` or
+    /// `tether_sessions{state="connected"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in {text}"))
     }
 
     pub fn session(&self, id: &str) -> Value {
@@ -282,6 +293,28 @@ impl Client {
             }
         }
         events
+    }
+
+    /// Sends `update_preferences` and waits for `preferences_updated`.
+    pub fn set_preferences(&mut self, data: &Value) -> Value {
+        self.send_json(&json!({"type": "update_preferences", "data": data}));
+        let reply = self.recv_json();
+        assert_eq!(reply["type"], "preferences_updated", "{reply}");
+        reply["data"].clone()
+    }
+
+    /// Receives `event_batch` messages until `n` events have come; returns
+    /// the size of each batch and the events.
+    pub fn recv_batches(&mut self, n: usize) -> (Vec<usize>, Vec<Value>) {
+        let (mut sizes, mut events) = (Vec::new(), Vec::new());
+        while events.len() < n {
+            let batch = self.recv_json();
+            assert_eq!(batch["type"], "event_batch", "{batch}");
+            let items = batch["events"].as_array().unwrap();
+            sizes.push(items.len());
+            events.extend(items.iter().cloned());
+        }
+        (sizes, events)
     }
 
     pub fn send_json(&mut self, value: &Value) {
