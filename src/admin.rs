@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::event::parse_publish_body;
 use crate::metrics::Gauges;
 use crate::protocol::percent_decode;
-use crate::server::Shared;
+use crate::server::{PublishError, Shared};
 use crate::session_table::SessionFilter;
 use crate::token::constant_time_eq;
 
@@ -245,6 +245,8 @@ struct RunningConfig {
     cleanup_interval_s: u64,
     max_connections: usize,
     max_message_bytes: usize,
+    data_dir: Option<String>,
+    fsync_interval_ms: u64,
 }
 
 fn config(shared: &Shared) -> Reply {
@@ -268,6 +270,8 @@ fn config(shared: &Shared) -> Reply {
             cleanup_interval_s: c.cleanup_interval_s,
             max_connections: c.max_connections,
             max_message_bytes: c.max_message_bytes,
+            data_dir: c.data_dir.as_ref().map(|d| d.display().to_string()),
+            fsync_interval_ms: c.fsync_interval_ms,
         },
     )
 }
@@ -291,11 +295,18 @@ fn publish(shared: &Shared, body: &std::result::Result<String, BodyError>) -> Re
         Err(why) => return Reply::error(400, "invalid_event", &why),
     };
     match shared.publish(events) {
-        Some(published) => Reply::json(
+        Ok(published) => Reply::json(
             202,
             &json!({"accepted": published.len(), "events": published}),
         ),
-        None => Reply::error(503, "shutting_down", "the server is shutting down"),
+        Err(PublishError::ShuttingDown) => {
+            Reply::error(503, "shutting_down", "the server is shutting down")
+        }
+        Err(PublishError::Storage) => Reply::error(
+            503,
+            "storage_unavailable",
+            "the data directory cannot be written; see the server's log",
+        ),
     }
 }
 

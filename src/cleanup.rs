@@ -16,6 +16,10 @@ use crate::server::Shared;
 pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
     let every = Duration::from_secs(shared.config.cleanup_interval_s);
     let retention = shared.config.retention().as_millis() as u64;
+    // With a data directory, a pass that expired something asks for a
+    // snapshot, and so does the pass after it: the store keeps the previous
+    // snapshot as a fallback, and that one still holds the expired data.
+    let mut snapshot_again = false;
     loop {
         select! {
             recv(stop) -> _ => return,
@@ -25,7 +29,14 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
                     .metrics
                     .events_dropped_total
                     .fetch_add(expired.dropped, Ordering::Relaxed);
-                if expired.sessions > 0 || expired.events > 0 {
+                let removed = expired.sessions > 0 || expired.events > 0;
+                if let Some(store) = &shared.store {
+                    if removed || snapshot_again {
+                        store.request_snapshot();
+                    }
+                }
+                snapshot_again = removed;
+                if removed {
                     debug!(
                         "cleanup removed {} sessions and released {} events",
                         expired.sessions, expired.events

@@ -52,6 +52,8 @@ const SERVE_FLAGS: &[(&str, &str, &str)] = &[
     ("max-connections", "N", "WebSocket connections beyond this get HTTP 503 [default: 10000]"),
     ("max-message-bytes", "N", "largest client message; larger ones close with 1009 [default: 65536]"),
     ("log-level", "LEVEL", "off, error, warn, info, debug or trace; logs go to stderr [default: info]"),
+    ("data-dir", "DIR", "keep sessions and events here across restarts [default: none, memory only]"),
+    ("fsync-interval-ms", "N", "0: fsync the log before answering a publish; N: at most every N ms (a power cut may lose N ms) [default: 0]"),
 ];
 
 /// The text of `tether serve --help`.
@@ -196,6 +198,13 @@ fn apply(
         "cleanup-interval-s" => config.cleanup_interval_s = int()?,
         "max-connections" => config.max_connections = usize_of(int()?),
         "max-message-bytes" => config.max_message_bytes = usize_of(int()?),
+        "data-dir" => {
+            if raw.is_empty() {
+                return Err(bad("a directory"));
+            }
+            config.data_dir = Some(raw.into());
+        }
+        "fsync-interval-ms" => config.fsync_interval_ms = int()?,
         "log-level" => {
             config.log_level =
                 parse_level(raw).ok_or_else(|| bad("off, error, warn, info, debug or trace"))?

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -101,6 +102,14 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// `--log-level`.
     pub log_level: LevelFilter,
+    /// `--data-dir`: where sessions and events are kept across restarts.
+    /// `None`: in memory only; a restart forgets every session.
+    pub data_dir: Option<PathBuf>,
+    /// `--fsync-interval-ms`: 0 syncs the log to disk before every answer
+    /// to a publisher (the default); N syncs at most every N ms, answering
+    /// once the log is written, so a power cut can lose the last N ms (a
+    /// crash of the process alone loses nothing).
+    pub fsync_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -123,6 +132,8 @@ impl Default for Config {
             max_connections: 10_000,
             max_message_bytes: 64 * 1024,
             log_level: LevelFilter::Info,
+            data_dir: None,
+            fsync_interval_ms: 0,
         }
     }
 }
@@ -170,6 +181,12 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(bad("--max-connections", "must be at least 1"));
+        }
+        if matches!(&self.data_dir, Some(d) if d.as_os_str().is_empty()) {
+            return Err(bad("--data-dir", "must not be empty"));
+        }
+        if self.fsync_interval_ms > 60_000 {
+            return Err(bad("--fsync-interval-ms", "must be at most 60000"));
         }
         if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
             return Err(bad(

@@ -183,6 +183,8 @@ pub struct Conn {
     closed: AtomicBool,
     /// Still writing `reconnection_sync` and the replay.
     pub(crate) replaying: AtomicBool,
+    /// The first message is written; events may follow.
+    pub(crate) ready: AtomicBool,
     /// When the replay must be done by (state_sync_timeout_ms).
     pub(crate) sync_deadline: Instant,
 }
@@ -209,6 +211,7 @@ impl Conn {
             last_seen: AtomicU64::new(now_ms()),
             closed: AtomicBool::new(false),
             replaying: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             sync_deadline: Instant::now() + sync_timeout,
         }
     }
@@ -560,10 +563,6 @@ fn open_session(
         resume_token: query.resume_token,
         last_seq: query.last_seq,
     };
-    // The first message must precede every event: writers take this lock
-    // before they look for events, so holding it until the message is
-    // written keeps them out until then.
-    let mut ws = conn.ws();
     let opened = match shared.table.open(&conn, request, now_ms()) {
         Ok(opened) => opened,
         Err(err) => {
@@ -571,8 +570,7 @@ fn open_session(
                 "refused session {} from {remote}: {}",
                 conn.client_id, err.code
             );
-            refuse(&mut ws, &err);
-            drop(ws);
+            refuse(&mut conn.ws(), &err);
             conn.abort();
             return None;
         }
@@ -580,8 +578,15 @@ fn open_session(
     if opened.resumed {
         conn.replaying.store(true, Ordering::Release);
     }
-    let flushed = Conn::write_text(&mut ws, opened.first_message);
-    drop(ws);
+    // A new session's token is only handed out once a crash can no longer
+    // forget the session.
+    if let (Some(store), false) = (&shared.store, opened.resumed) {
+        store.wait_durable(opened.lsn);
+    }
+    // The first message precedes every event: writers skip a connection
+    // until it is ready.
+    let flushed = Conn::write_text(&mut conn.ws(), opened.first_message);
+    conn.ready.store(true, Ordering::Release);
     if let Some(old) = opened.replaced {
         old.close(close::TAKEN_OVER, "session_taken_over");
     }
@@ -741,7 +746,10 @@ fn handle_message(shared: &Shared, conn: &Arc<Conn>, text: &str) -> Vec<String> 
         }
         Ok(ClientMessage::UpdatePreferences { data }) => {
             match shared.table.update_preferences(conn, &data) {
-                Ok(reply) => {
+                Ok((reply, lsn)) => {
+                    if let Some(store) = &shared.store {
+                        store.wait_durable(lsn);
+                    }
                     // New filters or pacing may make waiting events due.
                     shared.writer.wake(conn);
                     vec![reply]

@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use crate::clock::now_ms;
 use crate::event::{Event, NewEvent};
+use crate::journal;
+use crate::record::kind;
 use crate::server::Shared;
+use crate::session_table::PublishedEvent;
 
 /// Events fanned out under one hold of the session-table lock, so a
 /// 1000-event publish does not keep connections from their sessions for long.
@@ -36,18 +39,32 @@ pub struct Published {
     pub matched_sessions: usize,
 }
 
-/// Runs until `stop` is dropped.
-pub(crate) fn run(shared: Arc<Shared>, requests: Receiver<PublishRequest>, stop: Receiver<()>) {
-    let mut next_id = 1;
+/// Runs until `stop` is dropped, giving out ids from `next_id` on.
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    requests: Receiver<PublishRequest>,
+    stop: Receiver<()>,
+    mut next_id: u64,
+) {
     let mut last_timestamp = 0;
     loop {
         select! {
             recv(requests) -> request => match request {
                 Ok(request) => {
+                    if shared.store.as_ref().is_some_and(|s| s.has_failed()) {
+                        // Dropping the reply tells the publisher it failed.
+                        continue;
+                    }
                     // Ids and timestamps both increase in seq order.
                     last_timestamp = now_ms().max(last_timestamp);
                     let published = publish(&shared, &mut next_id, last_timestamp, request.events);
-                    let _ = request.reply.send(published);
+                    match &shared.store {
+                        // The answer waits until the events are durable.
+                        Some(store) => store.reply_when_durable(published, request.reply),
+                        None => {
+                            let _ = request.reply.send(published);
+                        }
+                    }
                 }
                 Err(_) => return,
             },
@@ -62,7 +79,7 @@ fn publish(
     timestamp: u64,
     events: Vec<NewEvent>,
 ) -> Vec<Published> {
-    let events: Vec<(Arc<Event>, Option<Vec<String>>)> = events
+    let events: Vec<PublishedEvent> = events
         .into_iter()
         .map(|new| {
             let event = Event::new(*next_id, timestamp, &new, &shared.live_events);
@@ -70,9 +87,23 @@ fn publish(
             (Arc::new(event), new.targets)
         })
         .collect();
+    // Built before the table is locked; only appended under the lock.
+    let records: Vec<Vec<u8>> = match shared.store {
+        Some(_) => events
+            .iter()
+            .map(|(event, targets)| {
+                journal::frame(kind::EVENT, &event.record_json(targets.as_deref()))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let mut published = Vec::with_capacity(events.len());
-    for chunk in events.chunks(EVENTS_PER_LOCK) {
-        let fanout = shared.table.publish(chunk);
+    for (i, chunk) in events.chunks(EVENTS_PER_LOCK).enumerate() {
+        let start = i * EVENTS_PER_LOCK;
+        let chunk_records = records.get(start..start + chunk.len()).unwrap_or(&[]);
+        let fanout = shared.table.publish(chunk, chunk_records);
+        // With a store, writers send only durable events; those woken now
+        // wait for the store, which wakes them again once the events are.
         for conn in &fanout.wake {
             shared.writer.wake(conn);
         }

@@ -159,6 +159,22 @@ impl Event {
         }
     }
 
+    /// The event as one JSON object (`{"id":..,"event_type":..,"priority":..,
+    /// "timestamp":..,"data":..}`, plus `targets` if given): its record in
+    /// the data directory.
+    pub fn record_json(&self, targets: Option<&[String]>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 64);
+        out.push(b'{');
+        // The body starts with the comma that follows "type" in a message.
+        out.extend_from_slice(&self.body.as_bytes()[1..]);
+        if let Some(targets) = targets {
+            out.extend_from_slice(br#","targets":"#);
+            serde_json::to_writer(&mut out, targets).expect("ids serialise");
+        }
+        out.push(b'}');
+        out
+    }
+
     /// The event type.
     pub fn event_type(&self) -> &str {
         &self.body[self.type_at.0 as usize..self.type_at.1 as usize]
@@ -239,6 +255,25 @@ mod tests {
         }
         let too_many = format!("[{}]", vec![r#"{"event_type":"a"}"#; 1001].join(","));
         assert!(parse_publish_body(&too_many).is_err());
+    }
+
+    #[test]
+    fn records_read_back_as_the_same_event() {
+        let live = Arc::new(LiveEvents::default());
+        let new = &parse_publish_body(
+            r#"{"event_type":"a.b","data":{"x":[1,2]},"priority":"low","targets":["c1"]}"#,
+        )
+        .unwrap()[0];
+        let ev = Event::new(9, 1234, new, &live);
+        let json = ev.record_json(new.targets.as_deref());
+        let back: crate::record::EventRecord = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            (back.id, back.timestamp, back.priority),
+            (9, 1234, Priority::Low)
+        );
+        assert_eq!(back.event_type, "a.b");
+        assert_eq!(back.data.get(), r#"{"x":[1,2]}"#);
+        assert_eq!(back.targets, Some(vec!["c1".to_string()]));
     }
 
     #[test]

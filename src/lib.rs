@@ -15,13 +15,17 @@
 //!                                                           │ seqs, retain (Arc<Event>)
 //!                                                           ▼
 //!                                            session table (Mutex) ◄── admin API
-//!                                                           │ wake
-//!                                                           ▼
-//!  accept loop ─► one reader thread per connection    writer pool (2-4 threads)
-//!                 (blocking read, no lock held)   ───► non-blocking writes through
-//!                         │                            the connection's WebSocket
-//!                         └──── same Mutex<WebSocket> ────┘
-//!                                                      timer: retries full sockets
+//!                                              │ wake          │ records (--data-dir)
+//!                                              ▼               ▼
+//!  accept loop ─► handshake thread     writer pool        store thread: log, fsync,
+//!                 └► reader thread     (2-4 threads)      snapshots; answers publishers
+//!                    per connection    non-blocking       and wakes writers once
+//!                    (blocking read,   writes through     events are durable
+//!                    no lock held)     each connection's
+//!                         │            WebSocket
+//!                         └── same Mutex<WebSocket> ──┘
+//!  heartbeat thread (pings, 4001, systemd watchdog)   timer: pacing, full sockets
+//!  cleanup thread (expiry)
 //! ```
 //!
 //! - the dispatcher and publishers never touch a socket: a slow client only
@@ -53,14 +57,18 @@ mod dispatcher;
 mod error;
 pub mod event;
 mod heartbeat;
+mod journal;
 mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod pacing;
 pub mod protocol;
+mod record;
 mod server;
 pub mod session;
 pub mod session_table;
+mod store;
 pub mod token;
 mod writer;
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tether::cli::{self, ServeCommand};
-use tether::{logging, Error, Server};
+use tether::{logging, notify, Error, Server};
 
 const HELP: &str = "tether: WebSocket events that survive disconnects.
 
@@ -71,7 +71,9 @@ fn serve(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    notify::notify("READY=1");
     let _ = signals.forever().next();
+    notify::notify("STOPPING=1");
     server.shutdown();
     ExitCode::SUCCESS
 }

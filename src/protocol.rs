@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
@@ -25,7 +25,7 @@ fn is_name_byte(b: u8) -> bool {
 }
 
 /// The three kinds of client, each with its own default preferences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientType {
     /// The iOS app: batched, gentle on the battery.
@@ -93,7 +93,7 @@ impl fmt::Display for ClientType {
 }
 
 /// An event's priority, and a client's delivery priority (which never is `critical`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// The lowest.
@@ -133,7 +133,7 @@ impl FromStr for Priority {
 }
 
 /// How events reach a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Delivery {
     /// One `event` message per event.
@@ -143,7 +143,7 @@ pub enum Delivery {
 }
 
 /// A session's delivery preferences (contract section 5).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preferences {
     /// `immediate` or `batched`.
     pub delivery: Delivery,

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use log::info;
 
 use crate::admin::AdminServer;
+use crate::clock::now_ms;
 use crate::config::{resolve, Config};
 use crate::connection::close;
 use crate::dispatcher::{self, PublishRequest, Published};
@@ -20,6 +21,8 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::protocol::Announcement;
 use crate::session_table::SessionTable;
+use crate::store::{self, Recovery, Store};
+use crate::token::random_below;
 use crate::writer::{self, Writer};
 use crate::{cleanup, heartbeat};
 
@@ -27,6 +30,8 @@ use crate::{cleanup, heartbeat};
 const PUBLISH_QUEUE: usize = 256;
 /// How long shutdown waits for connections to finish closing.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// The shortest `retry_after_ms` told to clients at shutdown.
+const RETRY_AFTER_MIN_MS: u64 = 1000;
 
 /// State every thread shares.
 #[derive(Debug)]
@@ -46,20 +51,45 @@ pub struct Shared {
     pub(crate) started: Instant,
     pub(crate) ws_addr: SocketAddr,
     pub(crate) admin_addr: SocketAddr,
+    /// The data directory, with `--data-dir`.
+    pub(crate) store: Option<Arc<Store>>,
+}
+
+/// Why a publish was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishError {
+    /// The server is stopping.
+    ShuttingDown,
+    /// The data directory cannot be written.
+    Storage,
 }
 
 impl Shared {
+    /// The highest event id writers may send: all of them in memory-only
+    /// mode, the durable ones with a data directory.
+    pub(crate) fn durable_event_id(&self) -> u64 {
+        self.store
+            .as_ref()
+            .map_or(u64::MAX, |s| s.durable_event_id())
+    }
+
     /// Whether shutdown has begun.
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Hands events to the dispatcher and waits for their ids. `None` if
-    /// the server is shutting down.
-    pub(crate) fn publish(&self, events: Vec<NewEvent>) -> Option<Vec<Published>> {
+    /// Hands events to the dispatcher and waits for their ids (with a data
+    /// directory, until they are durable).
+    pub(crate) fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, PublishError> {
+        let refused = || match &self.store {
+            Some(store) if store.has_failed() => PublishError::Storage,
+            _ => PublishError::ShuttingDown,
+        };
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.publish.send(PublishRequest { events, reply }).ok()?;
-        answer.recv().ok()
+        self.publish
+            .send(PublishRequest { events, reply })
+            .map_err(|_| refused())?;
+        answer.recv().map_err(|_| refused())
     }
 }
 
@@ -71,16 +101,40 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     acceptor: Option<JoinHandle<()>>,
     admin: Option<AdminServer>,
+    storer: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Binds both listeners and starts every thread.
+    /// Recovers the data directory if there is one, binds both listeners and
+    /// starts every thread.
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid configuration, [`Error::Io`] when a
-    /// listener cannot be bound, [`Error::Thread`] when a thread cannot start.
+    /// listener cannot be bound or the data directory cannot be read,
+    /// [`Error::Thread`] when a thread cannot start.
     pub fn start(config: Config) -> Result<Server> {
         config.validate()?;
+        let table = SessionTable::new(config.max_missed_events, Announcement::new(&config));
+        let live_events = Arc::new(LiveEvents::default());
+        let (store, recovery) = match &config.data_dir {
+            Some(dir) => {
+                let (store, recovery) =
+                    store::open(dir, config.fsync_interval_ms, &table, &live_events).map_err(
+                        |e| {
+                            Error::Io(io::Error::new(
+                                e.kind(),
+                                format!("--data-dir {}: {e}", dir.display()),
+                            ))
+                        },
+                    )?;
+                // What expired while the server was down goes at once.
+                let retention = config.retention().as_millis() as u64;
+                table.expire(now_ms().saturating_sub(retention));
+                table.set_store(Arc::clone(&store));
+                (Some(store), recovery)
+            }
+            None => (None, Recovery::default()),
+        };
         let ws_listener = bind("--ws-listen", &config.ws_listen)?;
         let admin_listener = bind("--admin-listen", &config.admin_listen)?;
         let ws_addr = ws_listener.local_addr()?;
@@ -90,11 +144,11 @@ impl Server {
         let (publish, requests) = crossbeam_channel::bounded(PUBLISH_QUEUE);
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let shared = Arc::new(Shared {
-            table: SessionTable::new(config.max_missed_events, Announcement::new(&config)),
+            table,
             config,
             metrics: Metrics::default(),
             writer,
-            live_events: Arc::new(LiveEvents::default()),
+            live_events,
             publish,
             conn_threads: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
@@ -103,6 +157,7 @@ impl Server {
             started: Instant::now(),
             ws_addr,
             admin_addr,
+            store,
         });
 
         let mut server = Server {
@@ -111,55 +166,54 @@ impl Server {
             threads: Vec::new(),
             acceptor: None,
             admin: None,
+            storer: None,
         };
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            thread::Builder::new()
+        // Each background thread gets the shared state and the stop signal.
+        let mut spawn = |name: &str, run: Box<dyn FnOnce(Arc<Shared>, Receiver<()>) + Send>| {
+            let (s, r) = (Arc::clone(&shared), stopped.clone());
+            let handle = thread::Builder::new()
                 .name(name.into())
-                .spawn(f)
-                .map_err(Error::Thread)
+                .spawn(move || run(s, r))
+                .map_err(Error::Thread)?;
+            server.threads.push(handle);
+            Ok::<(), Error>(())
         };
-        {
-            let (s, r) = (Arc::clone(&shared), stopped.clone());
-            server.threads.push(spawn(
-                "tether-dispatch",
-                Box::new(move || dispatcher::run(s, requests, r)),
-            )?);
-        }
+        let next_event_id = recovery.next_event_id.max(1);
+        spawn(
+            "tether-dispatch",
+            Box::new(move |s, r| dispatcher::run(s, requests, r, next_event_id)),
+        )?;
         for _ in 0..writer_threads() {
-            let (s, w, r) = (Arc::clone(&shared), work.clone(), stopped.clone());
-            server.threads.push(spawn(
+            let work = work.clone();
+            spawn(
                 "tether-writer",
-                Box::new(move || writer::run_pool_thread(s, w, r)),
-            )?);
+                Box::new(move |s, r| writer::run_pool_thread(s, work, r)),
+            )?;
         }
-        {
-            let (s, r) = (Arc::clone(&shared), stopped.clone());
-            server.threads.push(spawn(
-                "tether-timer",
-                Box::new(move || writer::run_timer(s, later, r)),
-            )?);
-        }
-        if shared.config.heartbeat_enabled {
-            let (s, r) = (Arc::clone(&shared), stopped.clone());
-            server.threads.push(spawn(
-                "tether-heartbeat",
-                Box::new(move || heartbeat::run(s, r)),
-            )?);
-        }
-        {
-            let (s, r) = (Arc::clone(&shared), stopped.clone());
-            server.threads.push(spawn(
-                "tether-cleanup",
-                Box::new(move || cleanup::run(s, r)),
-            )?);
+        spawn(
+            "tether-timer",
+            Box::new(move |s, r| writer::run_timer(s, later, r)),
+        )?;
+        spawn("tether-heartbeat", Box::new(heartbeat::run))?;
+        spawn("tether-cleanup", Box::new(cleanup::run))?;
+        if let Some(store) = &shared.store {
+            let (s, st) = (Arc::clone(&shared), Arc::clone(store));
+            server.storer = Some(
+                thread::Builder::new()
+                    .name("tether-store".into())
+                    .spawn(move || store::run(s, st, recovery))
+                    .map_err(Error::Thread)?,
+            );
         }
         server.admin = Some(AdminServer::start(&shared, admin_listener)?);
         {
             let s = Arc::clone(&shared);
-            server.acceptor = Some(spawn(
-                "tether-accept",
-                Box::new(move || listener::run(s, ws_listener)),
-            )?);
+            server.acceptor = Some(
+                thread::Builder::new()
+                    .name("tether-accept".into())
+                    .spawn(move || listener::run(s, ws_listener))
+                    .map_err(Error::Thread)?,
+            );
         }
         info!("websocket listening on {ws_addr}");
         info!("admin listening on {admin_addr}");
@@ -177,7 +231,8 @@ impl Server {
     }
 
     /// Stops accepting, closes every connection with 1001, stops every
-    /// thread and returns once they are gone (connections get a few seconds).
+    /// thread, writes the data directory out, and returns once all of that
+    /// is done (connections get a few seconds).
     pub fn shutdown(mut self) {
         self.stop_all();
     }
@@ -193,8 +248,13 @@ impl Server {
                 TcpStream::connect_timeout(&reachable(self.shared.ws_addr), Duration::from_secs(1));
             let _ = acceptor.join();
         }
-        for conn in self.shared.table.connections() {
-            conn.close(close::GOING_AWAY, "server shutting down");
+        let connections = self.shared.table.connections();
+        // Spread the clients' return, so they do not all come back at once.
+        let spread = (connections.len() as u64 * 5).clamp(1000, 30_000);
+        for conn in connections {
+            let retry_after_ms = RETRY_AFTER_MIN_MS + random_below(spread);
+            let reason = format!(r#"{{"retry_after_ms":{retry_after_ms}}}"#);
+            conn.close(close::GOING_AWAY, &reason);
         }
         let deadline = Instant::now() + CLOSE_GRACE;
         while self.shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -206,6 +266,10 @@ impl Server {
         self.stop.take();
         for handle in self.threads.drain(..) {
             let _ = handle.join();
+        }
+        if let (Some(store), Some(storer)) = (&self.shared.store, self.storer.take()) {
+            store.stop();
+            let _ = storer.join();
         }
     }
 }

@@ -10,20 +10,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::connection::Conn;
 use crate::event::Event;
 use crate::pacing::{Allowance, Pacing, MAX_BATCH_EVENTS};
 use crate::protocol::{ClientType, Delivery, Preferences};
-use crate::token::ResumeToken;
+use crate::token::TokenHash;
 
 /// A client's session; it outlives its connections.
 #[derive(Debug)]
 pub struct Session {
     pub(crate) client_id: Arc<str>,
     pub(crate) client_type: ClientType,
-    pub(crate) token: ResumeToken,
+    pub(crate) token: TokenHash,
     pub(crate) preferences: Preferences,
     created_at: u64,
     connected_at: Option<u64>,
@@ -47,6 +47,8 @@ pub struct Session {
     replay_until: u64,
     /// The live connection's rate limit and batch window.
     pacing: Pacing,
+    /// While the log is replayed: whether the session was connected then.
+    replayed_connected: bool,
 }
 
 /// What a session's connection should be sent now.
@@ -69,6 +71,9 @@ pub enum Then {
     Continue,
     /// At this instant (rate limit or batch window).
     At(Instant),
+    /// When more events are durable (`--data-dir`): the next ones are
+    /// retained but not yet safe to send.
+    Durable,
 }
 
 /// What a resume found; the numbers of `reconnection_sync`.
@@ -87,14 +92,19 @@ pub struct Resumed {
 }
 
 impl Session {
-    /// A new, connected session with a fresh resume token.
-    pub fn new(client_id: Arc<str>, client_type: ClientType, now: u64) -> Session {
+    /// A new session with the hash of its resume token.
+    pub fn new(
+        client_id: Arc<str>,
+        client_type: ClientType,
+        token: TokenHash,
+        now: u64,
+    ) -> Session {
         let preferences = Preferences::defaults_for(client_type);
         Session {
             pacing: Pacing::new(&preferences, Instant::now()),
             client_id,
             client_type,
-            token: ResumeToken::generate(),
+            token,
             preferences,
             created_at: now,
             connected_at: None,
@@ -111,6 +121,7 @@ impl Session {
             conn: None,
             sent_seq: 0,
             replay_until: 0,
+            replayed_connected: false,
         }
     }
 
@@ -129,6 +140,11 @@ impl Session {
         self.current_seq
     }
 
+    /// Everything up to this seq is acknowledged.
+    pub fn acked_seq(&self) -> u64 {
+        self.acked_seq
+    }
+
     /// How many events are retained.
     pub fn retained_len(&self) -> usize {
         self.retained.len()
@@ -144,7 +160,7 @@ impl Session {
     pub fn track(&mut self, event: Arc<Event>, max_retained: usize) -> bool {
         self.current_seq += 1;
         self.retained.push_back(event);
-        if !self.is_connected() {
+        if !self.is_connected() && !self.replayed_connected {
             self.missed_events += 1;
         }
         if self.retained.len() > max_retained {
@@ -263,8 +279,10 @@ impl Session {
     /// The events due on the live connection now: first the replay, as fast
     /// as the connection takes it, then live events within the rate limit
     /// and batch window. At most `max_events` for `immediate` delivery, at
-    /// most one batch's worth for `batched`.
-    pub fn take_due(&mut self, now: Instant, max_events: usize) -> Due {
+    /// most one batch's worth for `batched`. No event with an id above
+    /// `durable_id` goes out: with a data directory, an event is sent only
+    /// once a crash can no longer take it back.
+    pub fn take_due(&mut self, now: Instant, max_events: usize, durable_id: u64) -> Due {
         let as_batch = self.preferences.delivery == Delivery::Batched;
         let limit = if as_batch {
             MAX_BATCH_EVENTS
@@ -272,20 +290,29 @@ impl Session {
             max_events
         };
         let start = (self.sent_seq + 1).max(self.first_retained_seq());
+        // Ids grow with seqs, so the durable events are a prefix.
+        let durable = self.retained.partition_point(|e| e.id <= durable_id) as u64;
+        let end = self.first_retained_seq() + durable - 1;
+        let waiting = if end < self.current_seq {
+            Then::Durable
+        } else {
+            Then::Idle
+        };
         let nothing = |then| Due {
             items: Vec::new(),
             as_batch,
             then,
         };
-        if start > self.current_seq {
-            return nothing(Then::Idle);
+        if start > end {
+            return nothing(waiting);
         }
         if start <= self.replay_until {
-            let items = self.take(start, limit.min((self.replay_until - start + 1) as usize));
-            let then = if self.sent_seq < self.current_seq {
+            let count = limit.min((self.replay_until.min(end) - start + 1) as usize);
+            let items = self.take(start, count);
+            let then = if self.sent_seq < end {
                 Then::Continue
             } else {
-                Then::Idle
+                waiting
             };
             return Due {
                 items,
@@ -293,7 +320,7 @@ impl Session {
                 then,
             };
         }
-        let pending = (self.current_seq - start + 1) as usize;
+        let pending = (end - start + 1) as usize;
         let allowed = match self.pacing.allowance(&self.preferences, pending, now) {
             Allowance::At(at) => return nothing(Then::At(at)),
             Allowance::Now(n) => n.min(limit),
@@ -303,7 +330,7 @@ impl Session {
         let then = match self.pacing.spend(&self.preferences, allowed, left, now) {
             Some(at) => Then::At(at),
             None if left > 0 => Then::Continue,
-            None => Then::Idle,
+            None => waiting,
         };
         Due {
             items,
@@ -331,6 +358,98 @@ impl Session {
         self.sent_seq < self.replay_until
     }
 
+    /// Replays a resume from the data directory's log: the acknowledgement
+    /// and the bookkeeping, without a connection.
+    pub(crate) fn replay_resume(&mut self, last_seq: u64, at: u64) {
+        let _ = self.ack(last_seq);
+        self.reconnect_count += 1;
+        self.connected_at = Some(at);
+        self.missed_events = 0;
+        self.replayed_connected = true;
+    }
+
+    /// Replays the creation of a session: it was connected from then on.
+    pub(crate) fn replay_create(&mut self, at: u64) {
+        self.connected_at = Some(at);
+        self.replayed_connected = true;
+    }
+
+    /// Replays a disconnect from the log.
+    pub(crate) fn replay_disconnect(&mut self, at: u64) {
+        self.disconnected_at = Some(at);
+        self.missed_events = 0;
+        self.replayed_connected = false;
+    }
+
+    /// After recovery every session is disconnected; one that was connected
+    /// when the server stopped is taken to have disconnected at `at`.
+    pub(crate) fn mark_recovered(&mut self, at: u64) {
+        self.replayed_connected = false;
+        let was_connected = match (self.connected_at, self.disconnected_at) {
+            (Some(c), Some(d)) => c > d,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if was_connected || self.disconnected_at.is_none() {
+            self.disconnected_at = Some(at.max(self.connected_at.unwrap_or(0)));
+        }
+    }
+
+    /// The durable part of the session and its retained events, for a
+    /// snapshot.
+    pub(crate) fn to_record(&self) -> (SessionRecord, Vec<Arc<Event>>) {
+        let record = SessionRecord {
+            client_id: self.client_id.to_string(),
+            client_type: self.client_type,
+            token_hash: self.token.to_hex(),
+            preferences: self.preferences.clone(),
+            created_at: self.created_at,
+            connected_at: self.connected_at,
+            disconnected_at: self.disconnected_at,
+            last_heartbeat: self.last_heartbeat,
+            remote_addr: self.remote_addr,
+            current_seq: self.current_seq,
+            acked_seq: self.acked_seq,
+            written_seq: self.written_seq,
+            missed_events: self.missed_events,
+            dropped_events_total: self.dropped_events_total,
+            reconnect_count: self.reconnect_count,
+            retained: Vec::new(),
+        };
+        (record, self.retained.iter().cloned().collect())
+    }
+
+    /// A session read back from a snapshot, with its retained events
+    /// (`None` if the record is inconsistent).
+    pub(crate) fn from_record(
+        record: SessionRecord,
+        retained: VecDeque<Arc<Event>>,
+    ) -> Option<Session> {
+        if retained.len() as u64 > record.current_seq || record.acked_seq > record.current_seq {
+            return None;
+        }
+        let mut session = Session::new(
+            record.client_id.into(),
+            record.client_type,
+            TokenHash::from_hex(&record.token_hash)?,
+            record.created_at,
+        );
+        session.pacing = Pacing::new(&record.preferences, Instant::now());
+        session.preferences = record.preferences;
+        session.connected_at = record.connected_at;
+        session.disconnected_at = record.disconnected_at;
+        session.last_heartbeat = record.last_heartbeat;
+        session.remote_addr = record.remote_addr;
+        session.current_seq = record.current_seq;
+        session.acked_seq = record.acked_seq;
+        session.written_seq = record.written_seq;
+        session.missed_events = record.missed_events;
+        session.dropped_events_total = record.dropped_events_total;
+        session.reconnect_count = record.reconnect_count;
+        session.retained = retained;
+        Some(session)
+    }
+
     /// The `<session>` object of the admin API. Never contains the token.
     pub fn view(&self) -> SessionView<'_> {
         SessionView {
@@ -355,6 +474,28 @@ impl Session {
             remote_addr: self.remote_addr,
         }
     }
+}
+
+/// The durable part of a session, as a snapshot stores it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    pub client_id: String,
+    pub client_type: ClientType,
+    pub token_hash: String,
+    pub preferences: Preferences,
+    pub created_at: u64,
+    pub connected_at: Option<u64>,
+    pub disconnected_at: Option<u64>,
+    pub last_heartbeat: Option<u64>,
+    pub remote_addr: Option<SocketAddr>,
+    pub current_seq: u64,
+    pub acked_seq: u64,
+    pub written_seq: u64,
+    pub missed_events: u64,
+    pub dropped_events_total: u64,
+    pub reconnect_count: u64,
+    /// Ids of the retained events, oldest first; their seqs end at `current_seq`.
+    pub retained: Vec<u64>,
 }
 
 /// A session as the admin API shows it (contract section 6), fields in the
@@ -394,7 +535,7 @@ mod tests {
 
     /// A session whose live connection may take 10000 events a second.
     fn session() -> Session {
-        let mut s = Session::new("c1".into(), ClientType::Cli, 0);
+        let mut s = Session::new("c1".into(), ClientType::Cli, TokenHash::generate().1, 0);
         let mut fast = s.preferences.clone();
         fast.max_events_per_second = 10_000;
         s.set_preferences(fast.clone());
@@ -416,7 +557,7 @@ mod tests {
         assert_eq!(s.ack(6), Err(5));
         s.ack(3).unwrap();
         assert_eq!(s.retained_len(), 2);
-        let due = s.take_due(Instant::now(), 10);
+        let due = s.take_due(Instant::now(), 10, u64::MAX);
         assert_eq!(seqs(&due), vec![4, 5]);
         assert_eq!(due.items[0].1.id, 4);
     }
@@ -428,12 +569,15 @@ mod tests {
         for e in &evs[..3] {
             s.track(Arc::clone(e), 3);
         }
-        assert_eq!(s.take_due(Instant::now(), 2).items.len(), 2); // seqs 1 and 2 written
+        assert_eq!(s.take_due(Instant::now(), 2, u64::MAX).items.len(), 2); // seqs 1 and 2 written
         assert!(!s.track(Arc::clone(&evs[3]), 3)); // releases 1: written
         assert!(!s.track(Arc::clone(&evs[4]), 3)); // releases 2: written
         assert!(s.track(Arc::clone(&evs[5]), 3)); // releases 3: never written
         assert_eq!(s.dropped_events_total, 1);
-        assert_eq!(seqs(&s.take_due(Instant::now(), 10)), vec![4, 5, 6]);
+        assert_eq!(
+            seqs(&s.take_due(Instant::now(), 10, u64::MAX)),
+            vec![4, 5, 6]
+        );
     }
 
     #[test]
@@ -442,44 +586,58 @@ mod tests {
         for e in events(5) {
             s.track(e, 10);
         }
-        let due = s.take_due(Instant::now(), 3);
+        let due = s.take_due(Instant::now(), 3, u64::MAX);
         assert_eq!((due.items.len(), due.then), (3, Then::Continue));
-        let due = s.take_due(Instant::now(), 3);
+        let due = s.take_due(Instant::now(), 3, u64::MAX);
         assert_eq!((due.items.len(), due.then), (2, Then::Idle));
-        assert!(s.take_due(Instant::now(), 3).items.is_empty());
+        assert!(s.take_due(Instant::now(), 3, u64::MAX).items.is_empty());
     }
 
     #[test]
     fn live_events_are_rate_limited_but_replay_is_not() {
-        let mut s = Session::new("c2".into(), ClientType::Cli, 0); // 20/s
+        let mut s = Session::new("c2".into(), ClientType::Cli, TokenHash::generate().1, 0); // 20/s
         for e in events(50) {
             s.track(e, 100);
         }
         let t0 = Instant::now();
-        let due = s.take_due(t0, 128);
+        let due = s.take_due(t0, 128, u64::MAX);
         assert_eq!(due.items.len(), 20);
         assert!(matches!(due.then, Then::At(at) if at > t0));
         // Disconnect and resume from 0: all 50 are replay, unpaced.
         s.replay_until = s.current_seq;
         s.sent_seq = 0;
-        let due = s.take_due(t0, 128);
+        let due = s.take_due(t0, 128, u64::MAX);
         assert_eq!(due.items.len(), 50);
         assert!(due.items.iter().all(|i| i.2));
     }
 
     #[test]
     fn batched_sessions_wait_for_their_window() {
-        let mut s = Session::new("c3".into(), ClientType::Web, 0); // 10/s, 1 s
+        let mut s = Session::new("c3".into(), ClientType::Web, TokenHash::generate().1, 0); // 10/s, 1 s
         for e in events(3) {
             s.track(e, 100);
         }
         let t0 = Instant::now();
-        let due = s.take_due(t0, 128);
+        let due = s.take_due(t0, 128, u64::MAX);
         assert!(due.items.is_empty());
         assert_eq!(due.then, Then::At(t0 + Duration::from_millis(1000)));
-        let due = s.take_due(t0 + Duration::from_millis(1000), 128);
+        let due = s.take_due(t0 + Duration::from_millis(1000), 128, u64::MAX);
         assert!(due.as_batch);
         assert_eq!((seqs(&due), due.then), (vec![1, 2, 3], Then::Idle));
+    }
+
+    #[test]
+    fn only_durable_events_are_taken() {
+        let mut s = session();
+        for e in events(5) {
+            s.track(e, 10);
+        }
+        let due = s.take_due(Instant::now(), 10, 3);
+        assert_eq!((seqs(&due), due.then), (vec![1, 2, 3], Then::Durable));
+        let due = s.take_due(Instant::now(), 10, 3);
+        assert_eq!((due.items.len(), due.then), (0, Then::Durable));
+        let due = s.take_due(Instant::now(), 10, 5);
+        assert_eq!((seqs(&due), due.then), (vec![4, 5], Then::Idle));
     }
 
     #[test]

@@ -6,19 +6,22 @@
 //! `connection.rs`), so nothing in here takes a connection's lock.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::connection::Conn;
-use crate::event::Event;
+use crate::event::{Event, LiveEvents};
 use crate::protocol::{
     heartbeat_ack, parse_seq, preferences_updated, Announcement, ClientType, Priority, SyncSummary,
     WireError,
 };
-use crate::session::{Due, Session, SessionView};
+use crate::record::{self, Record};
+use crate::session::{Due, Session, SessionRecord, SessionView};
+use crate::store::Store;
+use crate::token::TokenHash;
 
 /// What a connection asks for when it opens, beside its `client_id`.
 #[derive(Debug)]
@@ -40,6 +43,8 @@ pub(crate) struct Opened {
     pub resumed: bool,
     /// The connection this one took over from, to be closed with 4000.
     pub replaced: Option<Arc<Conn>>,
+    /// The position of its record in the data directory (0 without one).
+    pub lsn: u64,
 }
 
 /// The result of fanning events out.
@@ -98,7 +103,11 @@ pub struct SessionTable {
     sessions: Mutex<HashMap<Arc<str>, Session>>,
     max_retained: usize,
     announcement: Announcement,
+    /// The data directory, once recovery is over (`--data-dir`).
+    store: OnceLock<Arc<Store>>,
 }
+
+type Sessions = HashMap<Arc<str>, Session>;
 
 impl SessionTable {
     /// An empty table retaining up to `max_retained` events per session.
@@ -107,10 +116,25 @@ impl SessionTable {
             sessions: Mutex::new(HashMap::new()),
             max_retained,
             announcement,
+            store: OnceLock::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Session>> {
+    /// From now on, every change is recorded in `store`.
+    pub(crate) fn set_store(&self, store: Arc<Store>) {
+        let _ = self.store.set(store);
+    }
+
+    /// Records a change (with the table locked, so records keep the order
+    /// of the changes). Returns the record's position, 0 without a store.
+    fn journal<T: Serialize>(&self, kind: u8, value: &T) -> u64 {
+        match self.store.get() {
+            Some(store) => store.append(&record::encode(kind, value), None),
+            None => 0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sessions> {
         // A panic elsewhere must not take every session down with it.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -138,19 +162,31 @@ impl SessionTable {
     ) -> Result<Opened, WireError> {
         let mut sessions = self.lock();
         let Some(session) = sessions.get_mut(&conn.client_id) else {
-            let mut session = Session::new(Arc::clone(&conn.client_id), request.client_type, now);
+            let (token, hash) = TokenHash::generate();
+            let mut session =
+                Session::new(Arc::clone(&conn.client_id), request.client_type, hash, now);
             session.connect_new(Arc::clone(conn), now);
             let first_message = self.announcement.connection_established(
                 &session.client_id,
                 session.client_type,
-                &session.token.reveal(),
+                &token,
                 &session.preferences,
+            );
+            let lsn = self.journal(
+                record::kind::CREATED,
+                &record::Created {
+                    client_id: conn.client_id.to_string(),
+                    client_type: session.client_type,
+                    token_hash: session.token.to_hex(),
+                    at: now,
+                },
             );
             sessions.insert(Arc::clone(&conn.client_id), session);
             return Ok(Opened {
                 first_message,
                 resumed: false,
                 replaced: None,
+                lsn,
             });
         };
         let token_ok = request
@@ -176,6 +212,14 @@ impl SessionTable {
         let (replaced, resumed) = session
             .resume(Arc::clone(conn), last_seq, now)
             .map_err(bad_seq)?;
+        let lsn = self.journal(
+            record::kind::RESUMED,
+            &record::Resumed {
+                client_id: conn.client_id.to_string(),
+                last_seq: resumed.last_seq,
+                at: now,
+            },
+        );
         let first_message = self.announcement.reconnection_sync(&SyncSummary {
             client_id: &session.client_id,
             client_type: session.client_type,
@@ -190,15 +234,42 @@ impl SessionTable {
             first_message,
             resumed: true,
             replaced,
+            lsn,
         })
     }
 
     /// Marks `conn`'s session disconnected if `conn` is still its connection.
     pub(crate) fn disconnect(&self, conn: &Conn, now: u64) -> bool {
         let mut sessions = self.lock();
-        sessions
+        let done = sessions
             .get_mut(&conn.client_id)
-            .is_some_and(|s| s.disconnect(conn, now))
+            .is_some_and(|s| s.disconnect(conn, now));
+        if done {
+            self.journal_disconnect(&conn.client_id, now);
+        }
+        done
+    }
+
+    fn journal_disconnect(&self, client_id: &str, at: u64) {
+        let record = record::Disconnected {
+            client_id: client_id.to_string(),
+            at,
+        };
+        self.journal(record::kind::DISCONNECTED, &record);
+    }
+
+    /// Acknowledges up to `seq` and records it if that released anything.
+    fn ack_session(&self, session: &mut Session, seq: u64) -> Result<(), u64> {
+        let before = session.acked_seq();
+        session.ack(seq)?;
+        if session.acked_seq() > before {
+            let record = record::Acked {
+                client_id: session.client_id.to_string(),
+                seq,
+            };
+            self.journal(record::kind::ACKED, &record);
+        }
+        Ok(())
     }
 
     /// Handles `{"type":"ack","seq":N}`.
@@ -206,7 +277,7 @@ impl SessionTable {
     /// # Errors
     /// `invalid_ack` when `seq` is above `current_seq`; nothing is acknowledged.
     pub(crate) fn ack(&self, conn: &Conn, seq: u64) -> Result<(), WireError> {
-        self.with_attached(conn, |s| s.ack(seq))
+        self.with_attached(conn, |s| self.ack_session(s, seq))
             .unwrap_or(Ok(()))
             .map_err(invalid_ack)
     }
@@ -221,13 +292,16 @@ impl SessionTable {
     ) -> (String, Option<WireError>) {
         self.with_attached(conn, |s| {
             s.last_heartbeat = Some(now);
-            let error = last_seq.and_then(|seq| s.ack(seq).err()).map(invalid_ack);
+            let error = last_seq
+                .and_then(|seq| self.ack_session(s, seq).err())
+                .map(invalid_ack);
             (heartbeat_ack(now, s.current_seq()), error)
         })
         .unwrap_or_else(|| (heartbeat_ack(now, 0), None))
     }
 
-    /// Handles `update_preferences`: answers `preferences_updated`.
+    /// Handles `update_preferences`: returns `preferences_updated` and the
+    /// position of its record, which must be durable before the answer goes.
     ///
     /// # Errors
     /// `invalid_preferences`, and the preferences stay as they were.
@@ -235,71 +309,75 @@ impl SessionTable {
         &self,
         conn: &Conn,
         data: &Value,
-    ) -> Result<String, WireError> {
+    ) -> Result<(String, u64), WireError> {
         self.with_attached(conn, |s| {
             let next = s
                 .preferences
                 .updated(data)
                 .map_err(|why| WireError::new("invalid_preferences", why))?;
+            let record = record::PreferencesSet {
+                client_id: s.client_id.to_string(),
+                preferences: next.clone(),
+            };
+            let lsn = self.journal(record::kind::PREFERENCES, &record);
             s.set_preferences(next);
-            Ok(preferences_updated(&s.preferences))
+            Ok((preferences_updated(&s.preferences), lsn))
         })
         .unwrap_or_else(|| Err(WireError::new("invalid_preferences", "the session is gone")))
     }
 
     /// Assigns seqs to `events` in every matching session (or the targeted
-    /// ones), retains them, and says which connections to wake.
-    pub(crate) fn publish(&self, events: &[(Arc<Event>, Option<Vec<String>>)]) -> Fanout {
+    /// ones), retains them, and says which connections to wake. With a
+    /// store, `records` holds each event's framed record, appended here in
+    /// fan-out order.
+    pub(crate) fn publish(&self, events: &[PublishedEvent], records: &[Vec<u8>]) -> Fanout {
         let mut out = Fanout::default();
         // Woken in priority order: high, medium, low.
         let mut wake: [Vec<Arc<Conn>>; 3] = Default::default();
         let mut sessions = self.lock();
-        for (event, targets) in events {
-            let mut matched = 0;
-            let mut track = |s: &mut Session| {
-                if !s.preferences.matches(event.event_type(), event.priority) {
-                    return;
-                }
-                matched += 1;
-                if s.track(Arc::clone(event), self.max_retained) {
-                    out.dropped += 1;
-                }
-                if let Some(conn) = &s.conn {
-                    let rank = match s.preferences.priority {
-                        Priority::High | Priority::Critical => 0,
-                        Priority::Medium => 1,
-                        Priority::Low => 2,
-                    };
-                    if !wake[rank].iter().any(|c| c.id == conn.id) {
+        for (i, (event, targets)) in events.iter().enumerate() {
+            if let (Some(store), Some(record)) = (self.store.get(), records.get(i)) {
+                store.append(record, Some(event.id));
+            }
+            let (matched, dropped) = fan_out(
+                &mut sessions,
+                event,
+                targets.as_deref(),
+                self.max_retained,
+                |s| {
+                    if let Some(conn) = &s.conn {
+                        let rank = match s.preferences.priority {
+                            Priority::High | Priority::Critical => 0,
+                            Priority::Medium => 1,
+                            Priority::Low => 2,
+                        };
                         wake[rank].push(Arc::clone(conn));
                     }
-                }
-            };
-            match targets {
-                None => sessions.values_mut().for_each(&mut track),
-                Some(ids) => {
-                    let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                    ids.sort_unstable();
-                    ids.dedup();
-                    for id in ids {
-                        if let Some(s) = sessions.get_mut(id) {
-                            track(s);
-                        }
-                    }
-                }
-            }
+                },
+            );
             out.matched.push(matched);
+            out.dropped += dropped;
         }
         drop(sessions);
+        for rank in &mut wake {
+            rank.sort_unstable_by_key(|c| c.id);
+            rank.dedup_by_key(|c| c.id);
+        }
         out.wake = wake.into_iter().flatten().collect();
         out
     }
 
     /// The events due on `conn` now (see [`Session::take_due`]), or `None`
     /// if `conn` is no longer its session's connection.
-    pub(crate) fn take_due(&self, conn: &Conn, now: Instant, max_events: usize) -> Option<Taken> {
+    pub(crate) fn take_due(
+        &self,
+        conn: &Conn,
+        now: Instant,
+        max_events: usize,
+        durable_id: u64,
+    ) -> Option<Taken> {
         self.with_attached(conn, |s| {
-            let due = s.take_due(now, max_events);
+            let due = s.take_due(now, max_events, durable_id);
             Taken {
                 due,
                 still_replaying: s.is_replaying(),
@@ -330,7 +408,13 @@ impl SessionTable {
     /// Forgets a session. Returns `None` if unknown, else its connection
     /// (to be closed with 4002) if it had one.
     pub(crate) fn remove(&self, client_id: &str) -> Option<Option<Arc<Conn>>> {
-        self.lock().remove(client_id).map(|s| s.conn)
+        let mut sessions = self.lock();
+        let session = sessions.remove(client_id)?;
+        let record = record::Deleted {
+            client_id: client_id.to_string(),
+        };
+        self.journal(record::kind::DELETED, &record);
+        Some(session.conn)
     }
 
     /// Detaches a session's connection, keeping the session. Returns `None`
@@ -341,6 +425,7 @@ impl SessionTable {
         let conn = session.conn.clone();
         if let Some(conn) = &conn {
             session.disconnect(conn, now);
+            self.journal_disconnect(client_id, now);
         }
         Some(conn)
     }
@@ -359,6 +444,97 @@ impl SessionTable {
             .values()
             .filter_map(|s| s.conn.clone())
             .collect()
+    }
+
+    /// Puts sessions read from a snapshot into the (empty) table.
+    pub(crate) fn restore(&self, restored: Vec<Session>) {
+        let mut sessions = self.lock();
+        sessions.clear();
+        for session in restored {
+            sessions.insert(Arc::clone(&session.client_id), session);
+        }
+    }
+
+    /// Applies one record read back from the log. `next_event_id` and
+    /// `last_ts` follow what the records show. Returns `false` for a record
+    /// that cannot have been written by a sound server (recovery stops there).
+    pub(crate) fn replay(
+        &self,
+        record: Record,
+        live: &Arc<LiveEvents>,
+        next_event_id: &mut u64,
+        last_ts: &mut u64,
+    ) -> bool {
+        let mut sessions = self.lock();
+        let mut seen = |at: u64| *last_ts = (*last_ts).max(at);
+        match record {
+            Record::Created(r) => {
+                let Some(hash) = TokenHash::from_hex(&r.token_hash) else {
+                    return false;
+                };
+                seen(r.at);
+                let id: Arc<str> = r.client_id.into();
+                let mut session = Session::new(Arc::clone(&id), r.client_type, hash, r.at);
+                session.replay_create(r.at);
+                sessions.insert(id, session);
+            }
+            Record::Resumed(r) => {
+                seen(r.at);
+                if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
+                    s.replay_resume(r.last_seq, r.at);
+                }
+            }
+            Record::Disconnected(r) => {
+                seen(r.at);
+                if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
+                    s.replay_disconnect(r.at);
+                }
+            }
+            Record::Preferences(r) => {
+                if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
+                    s.set_preferences(r.preferences);
+                }
+            }
+            Record::Deleted(r) => {
+                sessions.remove(r.client_id.as_str());
+            }
+            Record::Acked(r) => {
+                if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
+                    let _ = s.ack(r.seq);
+                }
+            }
+            Record::Event(r) => {
+                seen(r.timestamp);
+                *next_event_id = (*next_event_id).max(r.id + 1);
+                let targets = r.targets.clone();
+                let event = Arc::new(crate::store::event_from_record(r, live));
+                fan_out(
+                    &mut sessions,
+                    &event,
+                    targets.as_deref(),
+                    self.max_retained,
+                    |_| {},
+                );
+            }
+        }
+        true
+    }
+
+    /// Ends recovery: every session is disconnected, those that were
+    /// connected as of `at`.
+    pub(crate) fn finish_recovery(&self, at: u64) {
+        for session in self.lock().values_mut() {
+            session.mark_recovered(at);
+        }
+    }
+
+    /// Runs `f` and copies every session's durable state at one instant,
+    /// with the table locked (for a snapshot that matches the log exactly).
+    pub(crate) fn capture<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<Captured>) {
+        let sessions = self.lock();
+        let result = f();
+        let copied = sessions.values().map(Session::to_record).collect();
+        (result, copied)
     }
 
     /// How many sessions exist and how many are connected.
@@ -403,6 +579,50 @@ impl SessionTable {
         let session = sessions.get(client_id)?;
         Some(serde_json::to_string(&session.view()).expect("sessions serialise"))
     }
+}
+
+/// A session's durable state and its retained events, copied for a snapshot.
+pub(crate) type Captured = (SessionRecord, Vec<Arc<Event>>);
+
+/// An event to fan out, with its `targets`.
+pub(crate) type PublishedEvent = (Arc<Event>, Option<Vec<String>>);
+
+/// Tracks `event` in every matching session (or the targeted ones), calling
+/// `on_match` for each. Returns how many matched and how many events that
+/// released were dropped. Publishing and recovery share it, so a replayed
+/// log assigns exactly the seqs the live server did.
+fn fan_out(
+    sessions: &mut Sessions,
+    event: &Arc<Event>,
+    targets: Option<&[String]>,
+    max_retained: usize,
+    mut on_match: impl FnMut(&Session),
+) -> (usize, u64) {
+    let (mut matched, mut dropped) = (0, 0);
+    let mut track = |s: &mut Session| {
+        if !s.preferences.matches(event.event_type(), event.priority) {
+            return;
+        }
+        matched += 1;
+        if s.track(Arc::clone(event), max_retained) {
+            dropped += 1;
+        }
+        on_match(s);
+    };
+    match targets {
+        None => sessions.values_mut().for_each(&mut track),
+        Some(ids) => {
+            let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            for id in ids {
+                if let Some(s) = sessions.get_mut(id) {
+                    track(s);
+                }
+            }
+        }
+    }
+    (matched, dropped)
 }
 
 fn invalid_ack(current_seq: u64) -> WireError {
@@ -470,7 +690,7 @@ mod tests {
                 .position(|q| *q == p)
                 .unwrap()
         };
-        let fanout = table.publish(&[event(r#"{"event_type":"x"}"#, 1)]);
+        let fanout = table.publish(&[event(r#"{"event_type":"x"}"#, 1)], &[]);
         let woken: Vec<usize> = fanout
             .wake
             .iter()
@@ -502,7 +722,7 @@ mod tests {
             event(r#"{"event_type":"deploy","priority":"critical"}"#, 4),
             event(r#"{"event_type":"other"}"#, 5),
         ];
-        let fanout = table.publish(&events);
+        let fanout = table.publish(&events, &[]);
         assert_eq!(fanout.matched, vec![1, 0, 0, 1, 0]);
         let session: Value = serde_json::from_str(&table.get_json("f").unwrap()).unwrap();
         assert_eq!(session["current_seq"], 2);

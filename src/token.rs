@@ -1,49 +1,67 @@
 //! Resume tokens and generated client ids, from the OS random source.
 //!
 //! A token is 256 random bits written as 64 lowercase hex characters, so it
-//! goes into a query string unescaped. It is compared in constant time and
-//! has no `Debug` or `Display` that could leak it into a log line.
+//! goes into a query string unescaped. The server shows it once, in
+//! `connection_established`, and keeps only its SHA-256 hash, in memory and
+//! on disk; a presented token is checked by hashing it and comparing the
+//! hashes in constant time.
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
 const TOKEN_BYTES: usize = 32;
 
-/// A session's resume token.
-#[derive(Clone)]
-pub struct ResumeToken([u8; TOKEN_BYTES]);
+/// The hash of a session's resume token: all the server keeps of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
 
-impl ResumeToken {
-    /// A fresh token from the OS random source.
+impl TokenHash {
+    /// A fresh token from the OS random source, and its hash. The token is
+    /// for the client; only the hash is kept.
     ///
     /// # Panics
     /// If the OS has no random source at all; the server cannot issue safe
     /// tokens without one, so it must not go on.
-    pub fn generate() -> Self {
+    pub fn generate() -> (String, TokenHash) {
         let mut bytes = [0u8; TOKEN_BYTES];
         getrandom::fill(&mut bytes).expect("the OS random source is unavailable");
-        ResumeToken(bytes)
+        let token = hex(&bytes);
+        let hash = TokenHash::of(&token);
+        (token, hash)
     }
 
-    /// The token as sent to the client, once, in `connection_established`.
-    pub fn reveal(&self) -> String {
+    fn of(token: &str) -> TokenHash {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether `candidate` (as the client sent it) is the token. Takes the
+    /// same time wherever the first difference is.
+    pub fn matches(&self, candidate: &str) -> bool {
+        constant_time_eq(&TokenHash::of(candidate).0, &self.0)
+    }
+
+    /// The hash as hex, for the data directory.
+    pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
 
-    /// Whether `candidate` (as the client sent it) is this token. Takes the
-    /// same time wherever the first difference is.
-    pub fn matches(&self, candidate: &str) -> bool {
-        let candidate = candidate.as_bytes();
-        if candidate.len() != TOKEN_BYTES * 2 {
-            return false;
+    /// Reads [`TokenHash::to_hex`]'s output back.
+    pub fn from_hex(s: &str) -> Option<TokenHash> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
         }
-        let expected = hex(&self.0);
-        constant_time_eq(expected.as_bytes(), candidate)
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(TokenHash(out))
     }
 }
 
-impl fmt::Debug for ResumeToken {
+impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ResumeToken(<redacted>)")
+        f.write_str("TokenHash(..)")
     }
 }
 
@@ -63,6 +81,13 @@ pub fn generate_client_id() -> String {
     format!("c-{}", hex(&bytes))
 }
 
+/// A random number in `0..bound` from the OS random source (jitter).
+pub fn random_below(bound: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source is unavailable");
+    u64::from_le_bytes(bytes) % bound.max(1)
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -79,27 +104,29 @@ mod tests {
 
     #[test]
     fn tokens_are_long_distinct_and_url_safe() {
-        let a = ResumeToken::generate();
-        let b = ResumeToken::generate();
-        assert_eq!(a.reveal().len(), 64);
-        assert_ne!(a.reveal(), b.reveal());
-        assert!(a.reveal().bytes().all(|c| c.is_ascii_hexdigit()));
+        let (a, _) = TokenHash::generate();
+        let (b, _) = TokenHash::generate();
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]
-    fn matches_only_itself() {
-        let a = ResumeToken::generate();
-        assert!(a.matches(&a.reveal()));
-        assert!(!a.matches(&ResumeToken::generate().reveal()));
-        assert!(!a.matches(""));
-        assert!(!a.matches(&a.reveal()[..63]));
-        assert!(!a.matches(&a.reveal().replace(char::is_numeric, "g")));
+    fn a_hash_matches_only_its_token() {
+        let (token, hash) = TokenHash::generate();
+        assert!(hash.matches(&token));
+        assert!(!hash.matches(&TokenHash::generate().0));
+        assert!(!hash.matches(""));
+        assert!(!hash.matches(&token[..63]));
     }
 
     #[test]
-    fn debug_hides_the_secret() {
-        let a = ResumeToken::generate();
-        assert!(!format!("{a:?}").contains(&a.reveal()));
+    fn hashes_round_trip_as_hex_and_hide_the_token() {
+        let (token, hash) = TokenHash::generate();
+        assert_eq!(TokenHash::from_hex(&hash.to_hex()), Some(hash.clone()));
+        assert!(!hash.to_hex().contains(&token));
+        assert!(!format!("{hash:?}").contains(&token));
+        assert_eq!(TokenHash::from_hex("zz"), None);
     }
 
     #[test]

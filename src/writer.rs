@@ -181,7 +181,7 @@ pub(crate) fn run_timer(shared: Arc<Shared>, later: Receiver<Timed>, stop: Recei
 /// Writes what `conn` has due, without blocking.
 fn serve(shared: &Shared, conn: &Arc<Conn>) {
     conn.queued.store(false, Ordering::Release);
-    if conn.is_closed() {
+    if conn.is_closed() || !conn.ready.load(Ordering::Acquire) {
         return;
     }
     let mut ws = conn.ws();
@@ -197,7 +197,11 @@ fn serve(shared: &Shared, conn: &Arc<Conn>) {
         after_write(shared, conn, flushed, Then::Continue);
         return;
     }
-    let Some(taken) = shared.table.take_due(conn, now, MAX_EVENTS_PER_TURN) else {
+    let durable_id = shared.durable_event_id();
+    let Some(taken) = shared
+        .table
+        .take_due(conn, now, MAX_EVENTS_PER_TURN, durable_id)
+    else {
         return;
     };
     if !taken.still_replaying {
@@ -234,7 +238,14 @@ fn serve(shared: &Shared, conn: &Arc<Conn>) {
     metrics
         .events_replayed_total
         .fetch_add(replayed, Ordering::Relaxed);
-    after_write(shared, conn, flushed, due.then);
+    let then = match (due.then, &shared.store) {
+        (Then::Durable, Some(store)) => {
+            store.wake_when_durable(conn, durable_id, shared);
+            Then::Idle
+        }
+        (then, _) => then,
+    };
+    after_write(shared, conn, flushed, then);
 }
 
 /// `{"type":"event_batch","events":[...]}`.
@@ -256,7 +267,7 @@ fn after_write(shared: &Shared, conn: &Arc<Conn>, flushed: Flushed, then: Then) 
         Flushed::Done => {
             conn.retry_us.store(0, Ordering::Relaxed);
             match then {
-                Then::Idle => {}
+                Then::Idle | Then::Durable => {}
                 Then::Continue => shared.writer.wake(conn),
                 Then::At(at) => shared.writer.wake_at(conn, at),
             }

@@ -3,6 +3,8 @@
 //! has a timeout, so a hung server fails a test instead of hanging CI.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -192,6 +194,49 @@ fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::Re
     match auth {
         Some(a) => req.header("Authorization", a),
         None => req,
+    }
+}
+
+/// A fresh directory under the system's temporary directory, removed when
+/// dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("tether-test-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The bytes of every file in the directory.
+    pub fn contents(&self) -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

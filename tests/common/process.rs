@@ -1,0 +1,127 @@
+//! The real `tether` binary as a child process: started on ports chosen
+//! by the OS (read back from its log), signalled, and waited for.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::TIMEOUT;
+
+/// The binary, with every `TETHER_*` variable of the test's environment removed.
+pub fn tether() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TETHER_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A running `tether serve` and every line it wrote to stderr.
+pub struct Process {
+    pub child: Child,
+    pub ws: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut cmd = tether();
+        cmd.arg("serve")
+            .args([
+                "--ws-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let (mut ws, mut admin) = (None, None);
+        let deadline = Instant::now() + TIMEOUT;
+        while ws.is_none() || admin.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the server logs its addresses");
+            let addr = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .map(|a| a.trim().parse::<SocketAddr>().unwrap())
+            };
+            ws = ws.or(addr("websocket listening on "));
+            admin = admin.or(addr("admin listening on "));
+        }
+        Process {
+            child,
+            ws: ws.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let mut resp = ureq::get(&format!("http://{}{path}", self.admin))
+            .call()
+            .unwrap();
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.ws)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().expect("exited, not killed");
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
