@@ -44,7 +44,10 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod admin;
+pub mod backoff;
 pub mod cli;
+pub mod client;
+mod client_error;
 mod clock;
 pub mod config;
 mod connection;
@@ -58,6 +61,7 @@ pub mod protocol;
 mod server;
 pub mod session;
 pub mod session_table;
+pub mod state_file;
 pub mod token;
 mod writer;
 
