@@ -8,6 +8,11 @@
 //! in order, then live events. The wire contract is `PROTOCOL.md`; the
 //! README tells how to run and operate the server.
 //!
+//! The crate is also the client half: [`client`] follows a session the way
+//! contract section 8 says (exactly once, in seq order, gaps reported), and
+//! the `tether listen`, `publish` and `sessions` subcommands are built on it
+//! and on [`admin_client`].
+//!
 //! # Threads and channels
 //!
 //! ```text
@@ -44,6 +49,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod admin;
+pub mod admin_client;
 pub mod backoff;
 pub mod cli;
 pub mod client;
@@ -54,13 +60,17 @@ mod connection;
 mod dispatcher;
 mod error;
 pub mod event;
+pub mod flags;
+pub mod listen;
 mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod publish;
 mod server;
 pub mod session;
 pub mod session_table;
+pub mod sessions;
 pub mod state_file;
 pub mod token;
 mod writer;
