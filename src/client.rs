@@ -89,6 +89,9 @@ use crate::state_file::StateFile;
 /// Close code a newer connection's take-over sends to the older one.
 const CLOSE_TAKEN_OVER: u16 = 4000;
 
+/// How long [`Client::close`] waits for the server's close reply.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// Error codes of a first message that retrying cannot fix.
 const REFUSALS: &[&str] = &[
     "invalid_resume_token",
@@ -588,12 +591,10 @@ impl Client {
                 reason: "client closing".into(),
             }));
             // Wait briefly for the server's close reply, so the session is
-            // detached cleanly.
-            let _ = conn
-                .ws
-                .get_ref()
-                .set_read_timeout(Some(Duration::from_secs(1)));
-            while conn.ws.read().is_ok() {}
+            // detached cleanly; events still arriving are left for a resume.
+            let deadline = Instant::now() + CLOSE_WAIT;
+            let _ = conn.ws.get_ref().set_read_timeout(Some(CLOSE_WAIT));
+            while conn.ws.read().is_ok() && Instant::now() < deadline {}
         }
         saved
     }
