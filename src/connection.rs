@@ -688,9 +688,7 @@ fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             // Sends the pong or close reply tungstenite may have queued.
             flushed = Conn::flush(&mut ws);
         }
-        if ended {
-            return;
-        }
+        // Messages read before a close frame (say, a final ack) still count.
         for message in incoming.drain(..) {
             let replies = match message {
                 Incoming::Text(text) => handle_message(shared, conn, text.as_str()),
@@ -712,6 +710,9 @@ fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             if flushed != Flushed::Dead {
                 flushed = Conn::flush(&mut ws);
             }
+        }
+        if ended {
+            return;
         }
         match flushed {
             Flushed::Done => {}

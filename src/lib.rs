@@ -8,6 +8,11 @@
 //! in order, then live events. The wire contract is `PROTOCOL.md`; the
 //! README tells how to run and operate the server.
 //!
+//! The crate is also the client half: [`client`] follows a session the way
+//! contract section 8 says (exactly once, in seq order, gaps reported), and
+//! the `tether listen`, `publish` and `sessions` subcommands are built on it
+//! and on [`admin_client`].
+//!
 //! # Threads and channels
 //!
 //! ```text
@@ -48,26 +53,35 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod admin;
+pub mod admin_client;
+pub mod backoff;
 mod cleanup;
 pub mod cli;
+pub mod client;
+mod client_error;
 mod clock;
 pub mod config;
 mod connection;
 mod dispatcher;
 mod error;
 pub mod event;
+pub mod flags;
 mod heartbeat;
 mod journal;
+pub mod listen;
 mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pacing;
 pub mod protocol;
+pub mod publish;
 mod record;
 mod server;
 pub mod session;
 pub mod session_table;
+pub mod sessions;
+pub mod state_file;
 mod store;
 pub mod token;
 mod writer;
