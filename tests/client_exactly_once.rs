@@ -4,6 +4,7 @@
 //! seq as a gap instead of hiding it.
 
 mod client_support;
+mod common;
 
 use client_support::*;
 use serde_json::json;

@@ -4,6 +4,7 @@
 //! retry at all for `manual`, a take-over (4000) or a refused resume.
 
 mod client_support;
+mod common;
 
 use std::time::{Duration, Instant};
 

@@ -15,16 +15,7 @@ use serde_json::Value;
 /// How long a test waits for a process before it fails.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The `tether` binary, with no `TETHER_*` variable of the test's environment.
-pub fn tether() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("TETHER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
+pub use crate::common::process::tether;
 
 /// A fresh path for a state file in this test process's temporary folder.
 pub fn state_path(name: &str) -> std::path::PathBuf {
