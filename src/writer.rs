@@ -207,17 +207,14 @@ fn serve(shared: &Shared, conn: &Arc<Conn>) {
         conn.replaying.store(false, Ordering::Release);
     }
     let due = &taken.due;
-    let messages: Vec<String> = if due.items.is_empty() {
-        Vec::new()
-    } else if due.as_batch {
-        vec![batch_message(&due.items)]
-    } else {
-        due.items
-            .iter()
-            .map(|(seq, event, replayed)| event.message(*seq, *replayed))
-            .collect()
-    };
-    for message in messages {
+    let batch = (due.as_batch && !due.items.is_empty()).then(|| batch_message(&due.items));
+    let singles = due
+        .items
+        .iter()
+        .filter(|_| !due.as_batch)
+        .map(|(seq, event, replayed)| event.message(*seq, *replayed));
+    // Each message is built as it is written: nothing is collected first.
+    for message in batch.into_iter().chain(singles) {
         if let Err(e) = ws.write(Message::text(message)) {
             flushed = crate::connection::classify_write_error(&e);
             if flushed == Flushed::Dead {
