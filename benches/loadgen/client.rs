@@ -75,10 +75,9 @@ pub fn subscribe(server: &Server, id: &str, small: bool) -> (Ws, String) {
     (ws, token)
 }
 
-/// The unsigned number after `"name":` in `text`, if any.
-pub fn field(text: &str, name: &str) -> Option<u64> {
-    let key = format!("\"{name}\":");
-    let at = text.find(&key)? + key.len();
+/// The unsigned number after `key` (`"name":`) in `text`, if any.
+pub fn field(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
     let digits = text[at..]
         .trim_start()
         .split(|c: char| !c.is_ascii_digit())
@@ -129,7 +128,7 @@ pub fn receive(ws: &mut Ws, until: u64, ack_every: Option<u64>, latency: bool) -
         }
         got.last_seq = seq;
         if latency {
-            let sent = field(text.as_str(), "t").unwrap_or(0);
+            let sent = field(text.as_str(), r#""t":"#).unwrap_or(0);
             got.latencies_us
                 .push(now_us().saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
         }

@@ -10,7 +10,8 @@
 //!     cargo bench --bench loadgen -- --only m2 --runs 1 --fanout 1000x4000
 //!
 //! `--only` takes m1 (M1 and M1b), m2, m2b, m3, m4, publish and size;
-//! `--runs` and `--fanout` override the plan, for profiling. With
+//! `--runs` and `--fanout` override the plan and `--tether-only` skips the
+//! baseline, for profiling. With
 //! `BENCH_TETHER=PATH` another tether binary is measured (one with symbols,
 //! for perf or valgrind).
 //!
@@ -150,13 +151,22 @@ fn main() {
     table.print();
 }
 
+/// The servers measured: both, or tether alone with `--tether-only`.
+fn kinds() -> Vec<Kind> {
+    if std::env::args().any(|a| a == "--tether-only") {
+        vec![Kind::Tether]
+    } else {
+        vec![Kind::Tether, Kind::Baseline]
+    }
+}
+
 fn progress(what: &str) {
     eprintln!("loadgen: {what}");
 }
 
 fn run_idle(table: &mut Table) {
     let mut results = Vec::new();
-    for kind in [Kind::Tether, Kind::Baseline] {
+    for kind in kinds() {
         progress(&format!("M1/M1b idle clients, {}", kind.name()));
         results.push(scenarios::idle(
             kind,
@@ -165,17 +175,17 @@ fn run_idle(table: &mut Table) {
             IDLE_CPU_WINDOW,
         ));
     }
-    let (t, b) = (&results[0], &results[1]);
+    let (t, b) = (&results[0], results.get(1));
     let mib = |bytes: u64| Some(bytes as f64 / (1024.0 * 1024.0));
     table.row(
         "M1",
         "RSS with no clients (MiB)",
         mib(t.rss_idle),
-        mib(b.rss_idle),
+        b.and_then(|b| mib(b.rss_idle)),
         Target::None,
     );
     for (i, &(n, _)) in t.per_conn.iter().enumerate() {
-        let kib = |r: &scenarios::Idle| Some(r.per_conn[i].1 / 1024.0);
+        let kib = |r: Option<&scenarios::Idle>| r.map(|r| r.per_conn[i].1 / 1024.0);
         let target = if n == 5000 {
             Target::AtMost(16.0)
         } else {
@@ -184,7 +194,7 @@ fn run_idle(table: &mut Table) {
         table.row(
             "M1",
             &format!("per idle connection, N={n} (KiB)"),
-            kib(t),
+            kib(Some(t)),
             kib(b),
             target,
         );
@@ -196,7 +206,7 @@ fn run_idle(table: &mut Table) {
             IDLE_CPU_WINDOW.as_secs()
         ),
         Some(t.cpu_percent),
-        Some(b.cpu_percent),
+        b.map(|b| b.cpu_percent),
         Target::Below(1.0),
     );
 }
@@ -226,7 +236,7 @@ fn run_fanout(plan: &Plan, table: &mut Table) {
         let mut cpu = [Vec::new(), Vec::new()];
         let mut errors = Vec::new();
         for run in 0..plan.runs {
-            for (k, kind) in [Kind::Tether, Kind::Baseline].into_iter().enumerate() {
+            for (k, kind) in kinds().into_iter().enumerate() {
                 progress(&format!(
                     "M2 fan-out {n} x {events}, {} (run {})",
                     kind.name(),
@@ -273,7 +283,7 @@ fn run_latency(plan: &Plan, table: &mut Table) {
     let mut samples: [Vec<scenarios::Latency>; 2] = [Vec::new(), Vec::new()];
     let runs = plan.runs.div_ceil(2);
     for run in 0..runs {
-        for (k, kind) in [Kind::Tether, Kind::Baseline].into_iter().enumerate() {
+        for (k, kind) in kinds().into_iter().enumerate() {
             progress(&format!(
                 "M2b latency, {LATENCY_CLIENTS} clients at {LATENCY_RATE}/s for {} s, {} (run {})",
                 plan.latency_seconds,
@@ -382,7 +392,7 @@ fn run_publish(plan: &Plan, table: &mut Table) {
     ] {
         let mut rates = [Vec::new(), Vec::new()];
         for _ in 0..plan.publish_runs {
-            for (k, kind) in [Kind::Tether, Kind::Baseline].into_iter().enumerate() {
+            for (k, kind) in kinds().into_iter().enumerate() {
                 progress(&format!("publish {name}, {}", kind.name()));
                 rates[k].push(scenarios::publish_rate(kind, per_request, requests));
             }
@@ -481,7 +491,7 @@ impl Table {
             .iter()
             .map(|r| {
                 let ratio = match (r.tether, r.baseline) {
-                    (Some(t), Some(b)) if b != 0.0 => Some(t / b),
+                    (Some(t), Some(b)) if b != 0.0 && b.is_finite() => Some(t / b),
                     _ => None,
                 };
                 let (target, pass) = match r.target {
@@ -614,8 +624,8 @@ fn command(program: &str, args: &[&str]) -> String {
 fn self_check() {
     let m = r#"{"type":"event","seq":42,"id":7,"data":{"t":      123,"pad":"x"}}"#;
     assert_eq!(client::event_seq(m), Some(42));
-    assert_eq!(client::field(m, "id"), Some(7));
-    assert_eq!(client::field(m, "t"), Some(123));
+    assert_eq!(client::field(m, r#""id":"#), Some(7));
+    assert_eq!(client::field(m, r#""t":"#), Some(123));
     assert_eq!(client::event_seq(r#"{"type":"heartbeat_ack"}"#), None);
     let item: serde_json::Value =
         serde_json::from_str(&scenarios::item("a.b", 5, Some("c1"))).expect("JSON");
