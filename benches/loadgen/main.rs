@@ -49,7 +49,7 @@ const QUICK: Plan = Plan {
     name: "quick",
     runs: 3,
     fanout: [(100, 5000), (1000, 500)],
-    latency_seconds: 2,
+    latency_seconds: 3,
     replay_trials: 20,
     cut_trials: 10,
     publish_requests: (20, 1000),

@@ -163,7 +163,7 @@ pub fn fanout(kind: Kind, n: usize, events: usize) -> Fanout {
     let server = Server::start(kind, THROUGHPUT_FLAGS);
     let subscribers = start_subscribers(&server, n, events as u64, false);
     let body = array_body(1000);
-    let cpu = server.cpu_seconds();
+    let (user0, system0) = server.cpu_split();
     let start = Instant::now();
     for first in (0..events).step_by(1000) {
         match events - first {
@@ -181,9 +181,16 @@ pub fn fanout(kind: Kind, n: usize, events: usize) -> Fanout {
         last = last.max(got.done_at.unwrap_or(last));
     }
     let deliveries = (n * events) as f64;
+    let (user, system) = server.cpu_split();
+    let (user, system) = (user - user0, system - system0);
+    eprintln!(
+        "loadgen:   {}: {:.0} k deliveries/s; server CPU: user {user:.2} s, system {system:.2} s",
+        kind.name(),
+        deliveries / (last - start).as_secs_f64() / 1000.0
+    );
     Fanout {
         deliveries_per_second: deliveries / (last - start).as_secs_f64(),
-        cpu_per_million: (server.cpu_seconds() - cpu) / deliveries * 1e6,
+        cpu_per_million: (user + system) / deliveries * 1e6,
         errors,
     }
 }

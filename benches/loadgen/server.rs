@@ -137,14 +137,20 @@ impl Server {
 
     /// User plus system CPU time used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
+        let (user, system) = self.cpu_split();
+        user + system
+    }
+
+    /// User and system CPU time used so far, in seconds.
+    pub fn cpu_split(&self) -> (f64, f64) {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
             .expect("the server is running");
         // Fields after the command name, which is in parentheses: utime and
         // stime are the 12th and 13th of them.
         let after = &stat[stat.rfind(')').expect("comm") + 2..];
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / clock_ticks_per_second()
+        let seconds = |i: usize| fields[i].parse::<f64>().unwrap() / clock_ticks_per_second();
+        (seconds(11), seconds(12))
     }
 
     /// One HTTP request to the server's admin (or publish) listener:
