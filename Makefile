@@ -21,10 +21,12 @@ release:
 # the bare fan-out baseline on loopback, one table. Not part of `make test`.
 # `bench` is the quick run (under 3 minutes on 2 cores); `bench-full` is the
 # run BENCHMARKS.md reports.
+# The bench profile is the release profile; building the baseline with it
+# too keeps to one optimised build of the crate.
 bench:
-	cargo build --release --bin tether --example baseline
+	cargo build --profile bench --bin tether --example baseline
 	cargo bench --bench loadgen -- --quick
 
 bench-full:
-	cargo build --release --bin tether --example baseline
+	cargo build --profile bench --bin tether --example baseline
 	cargo bench --bench loadgen -- --full

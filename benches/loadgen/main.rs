@@ -72,7 +72,7 @@ const IDLE_COUNTS: [usize; 2] = [1000, 5000];
 const IDLE_CPU_CLIENTS: usize = 1000;
 const IDLE_CPU_WINDOW: Duration = Duration::from_secs(10);
 /// Disconnected sessions and the events each retains (M1).
-const AWAY_SESSIONS: usize = 1000;
+const AWAY_SESSIONS: usize = 2000;
 const AWAY_EVENTS: usize = 1000;
 /// M2b: subscribers and events per second.
 const LATENCY_CLIENTS: usize = 1000;
