@@ -125,6 +125,10 @@ fn handle_publish(hub: &Mutex<Hub>, mut request: tiny_http::Request) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let accepted = events.len();
+    // Answer first: the publisher need not wait while every connection's
+    // thread is woken (the events are already parsed and valid).
+    let reply = format!(r#"{{"accepted":{accepted}}}"#);
+    let _ = request.respond(tiny_http::Response::from_string(reply).with_status_code(202));
     {
         // Ids are taken and messages queued under one lock, so every
         // connection sees the events in id order.
@@ -146,8 +150,6 @@ fn handle_publish(hub: &Mutex<Hub>, mut request: tiny_http::Request) {
         hub.subscribers
             .retain(|queue| queue.send(Arc::clone(&batch)).is_ok());
     }
-    let reply = format!(r#"{{"accepted":{accepted}}}"#);
-    let _ = request.respond(tiny_http::Response::from_string(reply).with_status_code(202));
 }
 
 fn parse(body: &str) -> Option<Vec<Published<'_>>> {
