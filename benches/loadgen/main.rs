@@ -48,7 +48,7 @@ struct Plan {
 const QUICK: Plan = Plan {
     name: "quick",
     runs: 3,
-    fanout: [(100, 5000), (1000, 500)],
+    fanout: [(100, 5000), (1000, 1000)],
     latency_seconds: 3,
     replay_trials: 20,
     cut_trials: 10,
