@@ -116,6 +116,7 @@ fn main() {
         value("--only").map(|list| list.split(',').map(str::to_lowercase).collect());
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
 
+    server::kill_servers_on_interrupt();
     let started = Instant::now();
     let mut table = Table::default();
     if wanted("m1") {

@@ -5,11 +5,31 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// The servers running now, killed if the harness itself is interrupted.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// On SIGINT or SIGTERM, kills the servers this harness started and exits,
+/// so an interrupted benchmark leaves nothing running.
+pub fn kill_servers_on_interrupt() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            for pid in RUNNING.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+}
 
 /// Which server a measurement is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +109,7 @@ impl Server {
             ws = ws.or(addr("websocket listening on "));
             http = http.or(addr("admin listening on "));
         }
+        RUNNING.lock().unwrap().push(child.id());
         // Keep draining stderr so the server never blocks on a full pipe.
         thread::spawn(move || lines.for_each(drop));
         Server {
@@ -201,6 +222,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let pid = self.child.id();
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != pid);
     }
 }
 
