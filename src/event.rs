@@ -181,9 +181,14 @@ impl Event {
     }
 
     /// The `event` message for one session.
+    ///
+    /// Built for every delivery, so it is sized exactly: tungstenite turns
+    /// the `String` into `Bytes`, which takes a full buffer over as it is but
+    /// needs one more allocation for a buffer with spare capacity.
     pub fn message(&self, seq: u64, replayed: bool) -> String {
-        let mut out = String::with_capacity(self.body.len() + 48);
-        out.push_str(r#"{"type":"event""#);
+        const TYPE: &str = r#"{"type":"event""#;
+        let mut out = String::with_capacity(TYPE.len() + self.fields_len(seq, replayed));
+        out.push_str(TYPE);
         self.push_fields(&mut out, seq, replayed);
         out
     }
@@ -199,14 +204,46 @@ impl Event {
     }
 
     fn push_fields(&self, out: &mut String, seq: u64, replayed: bool) {
-        let _ = write!(out, r#","seq":{seq}"#);
+        out.push_str(SEQ);
+        push_decimal(out, seq);
         out.push_str(&self.body);
-        out.push_str(if replayed {
-            r#","replayed":true}"#
-        } else {
-            r#","replayed":false}"#
-        });
+        out.push_str(tail(replayed));
     }
+
+    /// The length of what [`Event::push_fields`] appends.
+    fn fields_len(&self, seq: u64, replayed: bool) -> usize {
+        SEQ.len() + decimal_len(seq) + self.body.len() + tail(replayed).len()
+    }
+}
+
+const SEQ: &str = r#","seq":"#;
+
+fn tail(replayed: bool) -> &'static str {
+    if replayed {
+        r#","replayed":true}"#
+    } else {
+        r#","replayed":false}"#
+    }
+}
+
+/// Appends `n` in decimal, without the formatting machinery of `write!`
+/// (this runs for every event delivered).
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+}
+
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |l| l as usize + 1)
 }
 
 impl Drop for Event {
@@ -303,5 +340,20 @@ mod tests {
         assert_eq!(items[0]["data"], json!({"n": 1.2345678901234568e22}));
         drop(ev);
         assert_eq!(live.count(), 0);
+    }
+
+    #[test]
+    fn messages_are_sized_exactly_and_seqs_written_in_decimal() {
+        let live = Arc::new(LiveEvents::default());
+        let new = &parse_publish_body(r#"{"event_type":"a","data":[1]}"#).unwrap()[0];
+        let ev = Event::new(1, 2, new, &live);
+        for seq in [0, 7, 10, 99, 1000, 123_456_789, u64::MAX] {
+            for replayed in [false, true] {
+                let msg = ev.message(seq, replayed);
+                assert_eq!(msg.len(), msg.capacity(), "{msg}");
+                let value: Value = serde_json::from_str(&msg).unwrap();
+                assert_eq!(value["seq"], seq);
+            }
+        }
     }
 }

@@ -26,7 +26,10 @@ use crate::server::Shared;
 use crate::session::Then;
 
 /// Events written to one connection before the pool moves to the next one.
-pub const MAX_EVENTS_PER_TURN: usize = 128;
+/// Each turn costs a session-table lock, a queue round trip and a final
+/// partial send, so during a fan-out fewer, longer turns are cheaper; 512
+/// events of a few hundred bytes are still only about 0.1 ms of writing.
+pub const MAX_EVENTS_PER_TURN: usize = 512;
 /// The first retry of a full socket, in microseconds.
 const FIRST_RETRY: u32 = 200;
 /// The longest delay between retries, in microseconds.
@@ -208,17 +211,14 @@ fn serve(shared: &Shared, conn: &Arc<Conn>) {
         conn.replaying.store(false, Ordering::Release);
     }
     let due = &taken.due;
-    let messages: Vec<String> = if due.items.is_empty() {
-        Vec::new()
-    } else if due.as_batch {
-        vec![batch_message(&due.items)]
-    } else {
-        due.items
-            .iter()
-            .map(|(seq, event, replayed)| event.message(*seq, *replayed))
-            .collect()
-    };
-    for message in messages {
+    let batch = (due.as_batch && !due.items.is_empty()).then(|| batch_message(&due.items));
+    let singles = due
+        .items
+        .iter()
+        .filter(|_| !due.as_batch)
+        .map(|(seq, event, replayed)| event.message(*seq, *replayed));
+    // Each message is built as it is written: nothing is collected first.
+    for message in batch.into_iter().chain(singles) {
         if let Err(e) = ws.write(Message::text(message)) {
             flushed = crate::connection::classify_write_error(&e);
             if flushed == Flushed::Dead {

@@ -1,0 +1,244 @@
+//! The servers under test as child processes: starting them on free ports,
+//! reading their memory and CPU from `/proc`, talking to their HTTP side.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The servers running now, killed if the harness itself is interrupted.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// On SIGINT or SIGTERM, kills the servers this harness started and exits,
+/// so an interrupted benchmark leaves nothing running.
+pub fn kill_servers_on_interrupt() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            for pid in RUNNING.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
+/// Which server a measurement is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tether,
+    Baseline,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tether => "tether",
+            Kind::Baseline => "baseline",
+        }
+    }
+
+    /// The binaries cargo built beside this harness; `BENCH_TETHER` names
+    /// another `tether` binary (for instance one built with symbols, for
+    /// profiling).
+    fn program(self) -> PathBuf {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_tether"));
+        match self {
+            Kind::Tether => std::env::var_os("BENCH_TETHER").map_or(built, PathBuf::from),
+            Kind::Baseline => built.with_file_name("examples").join("baseline"),
+        }
+    }
+}
+
+/// The release `tether` binary the benchmark runs.
+pub fn tether_binary() -> PathBuf {
+    Kind::Tether.program()
+}
+
+/// A running server process; dropping it kills it.
+pub struct Server {
+    pub kind: Kind,
+    child: Child,
+    pub ws: SocketAddr,
+    pub http: SocketAddr,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    /// Starts `kind` on free loopback ports; `flags` go to `tether serve`.
+    pub fn start(kind: Kind, flags: &[&str]) -> Server {
+        let program = kind.program();
+        let mut command = Command::new(&program);
+        match kind {
+            Kind::Tether => command
+                .args(["serve", "--ws-listen", "127.0.0.1:0"])
+                .args(["--admin-listen", "127.0.0.1:0", "--log-level", "info"])
+                .args(flags),
+            Kind::Baseline => command.args(["127.0.0.1:0", "127.0.0.1:0"]),
+        };
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); build it first: make bench",
+                    program.display()
+                )
+            });
+        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let (mut ws, mut http) = (None, None);
+        while ws.is_none() || http.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!("{} exited before listening", kind.name());
+            };
+            let addr = |tag: &str| {
+                line.split_once(tag)
+                    .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok())
+            };
+            ws = ws.or(addr("websocket listening on "));
+            http = http.or(addr("admin listening on "));
+        }
+        RUNNING.lock().unwrap().push(child.id());
+        // Keep draining stderr so the server never blocks on a full pipe.
+        thread::spawn(move || lines.for_each(drop));
+        Server {
+            kind,
+            child,
+            ws: ws.expect("seen"),
+            http: http.expect("seen"),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build()
+                .into(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the server is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// Resident memory once it stops changing (allocators and the kernel
+    /// settle for a moment after a burst of connections).
+    pub fn settled_rss(&self) -> u64 {
+        let mut last = self.rss();
+        for _ in 0..20 {
+            thread::sleep(Duration::from_millis(250));
+            let now = self.rss();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
+    /// User plus system CPU time used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let (user, system) = self.cpu_split();
+        user + system
+    }
+
+    /// User and system CPU time used so far, in seconds.
+    pub fn cpu_split(&self) -> (f64, f64) {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("the server is running");
+        // Fields after the command name, which is in parentheses: utime and
+        // stime are the 12th and 13th of them.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let seconds = |i: usize| fields[i].parse::<f64>().unwrap() / clock_ticks_per_second();
+        (seconds(11), seconds(12))
+    }
+
+    /// One HTTP request to the server's admin (or publish) listener:
+    /// status and body.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let url = format!("http://{}{path}", self.http);
+        let result = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("POST", Some(body)) => self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body),
+            _ => panic!("unsupported request {method} {path}"),
+        };
+        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (response.status().as_u16(), text)
+    }
+
+    pub fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.request("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Publishes a `POST /events` body; panics unless it is accepted.
+    pub fn publish(&self, body: &str) {
+        let (status, reply) = self.request("POST", "/events", Some(body));
+        assert_eq!(status, 202, "publish refused: {reply}");
+    }
+
+    /// tether only: waits until `/health` reports `connected` connections.
+    pub fn wait_connected(&self, connected: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.get_json("/health")["connected"] != connected {
+            assert!(
+                Instant::now() < deadline,
+                "tether never reached {connected} connections"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pid = self.child.id();
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != pid);
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
