@@ -177,6 +177,8 @@ pub struct Conn {
     pub(crate) timer_at: AtomicU64,
     /// Unix ms of the last ping the heartbeat thread sent.
     pub(crate) last_ping: AtomicU64,
+    /// The last fan-out that listed this connection for waking.
+    pub(crate) fanout_mark: AtomicU64,
     /// Unix ms of the last frame from the client.
     pub(crate) last_seen: AtomicU64,
     /// Set once a close or abort has begun; nothing more is written.
@@ -208,6 +210,7 @@ impl Conn {
             retry_us: AtomicU32::new(0),
             timer_at: AtomicU64::new(0),
             last_ping: AtomicU64::new(0),
+            fanout_mark: AtomicU64::new(0),
             last_seen: AtomicU64::new(now_ms()),
             closed: AtomicBool::new(false),
             replaying: AtomicBool::new(false),

@@ -101,7 +101,9 @@ fn publish(
     for (i, chunk) in events.chunks(EVENTS_PER_LOCK).enumerate() {
         let start = i * EVENTS_PER_LOCK;
         let chunk_records = records.get(start..start + chunk.len()).unwrap_or(&[]);
-        let fanout = shared.table.publish(chunk, chunk_records);
+        // A chunk's first event id names it: ids are never reused.
+        let chunk_id = chunk[0].0.id;
+        let fanout = shared.table.publish(chunk_id, chunk, chunk_records);
         // With a store, writers send only durable events; those woken now
         // wait for the store, which wakes them again once the events are.
         for conn in &fanout.wake {

@@ -137,6 +137,10 @@ impl Server {
         };
         let ws_listener = bind("--ws-listen", &config.ws_listen)?;
         let admin_listener = bind("--admin-listen", &config.admin_listen)?;
+        // tiny_http writes responses in small pieces; without TCP_NODELAY
+        // (inherited by accepted sockets) Nagle holds the end of a large
+        // answer until the client's delayed ACK, 40 ms per publish.
+        let _ = socket2::SockRef::from(&admin_listener).set_tcp_nodelay(true);
         let ws_addr = ws_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 

@@ -6,6 +6,7 @@
 //! `connection.rs`), so nothing in here takes a connection's lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -100,14 +101,16 @@ pub struct Counts {
 /// Every session, by `client_id`.
 #[derive(Debug)]
 pub struct SessionTable {
-    sessions: Mutex<HashMap<Arc<str>, Session>>,
+    sessions: Mutex<Sessions>,
     max_retained: usize,
     announcement: Announcement,
     /// The data directory, once recovery is over (`--data-dir`).
     store: OnceLock<Arc<Store>>,
 }
 
-type Sessions = HashMap<Arc<str>, Session>;
+/// Sessions are boxed: a map keeps spare slots after it grows, and a slot
+/// holding a pointer costs far less than one holding a whole session.
+type Sessions = HashMap<Arc<str>, Box<Session>>;
 
 impl SessionTable {
     /// An empty table retaining up to `max_retained` events per session.
@@ -181,7 +184,7 @@ impl SessionTable {
                     at: now,
                 },
             );
-            sessions.insert(Arc::clone(&conn.client_id), session);
+            sessions.insert(Arc::clone(&conn.client_id), Box::new(session));
             return Ok(Opened {
                 first_message,
                 resumed: false,
@@ -327,14 +330,21 @@ impl SessionTable {
     }
 
     /// Assigns seqs to `events` in every matching session (or the targeted
-    /// ones), retains them, and says which connections to wake. With a
-    /// store, `records` holds each event's framed record, appended here in
-    /// fan-out order.
-    pub(crate) fn publish(&self, events: &[PublishedEvent], records: &[Vec<u8>]) -> Fanout {
+    /// ones), retains them, and says which connections to wake, each once
+    /// per `publish_id` (unique to the call). With a store, `records` holds
+    /// each event's framed record, appended here in fan-out order.
+    pub(crate) fn publish(
+        &self,
+        publish_id: u64,
+        events: &[PublishedEvent],
+        records: &[Vec<u8>],
+    ) -> Fanout {
         let mut out = Fanout::default();
         // Woken in priority order: high, medium, low.
         let mut wake: [Vec<Arc<Conn>>; 3] = Default::default();
         let mut sessions = self.lock();
+        // Each connection is listed once, however many events it gets: its
+        // mark says which call listed it last.
         for (i, (event, targets)) in events.iter().enumerate() {
             if let (Some(store), Some(record)) = (self.store.get(), records.get(i)) {
                 store.append(record, Some(event.id));
@@ -345,24 +355,22 @@ impl SessionTable {
                 targets.as_deref(),
                 self.max_retained,
                 |s| {
-                    if let Some(conn) = &s.conn {
-                        let rank = match s.preferences.priority {
-                            Priority::High | Priority::Critical => 0,
-                            Priority::Medium => 1,
-                            Priority::Low => 2,
-                        };
-                        wake[rank].push(Arc::clone(conn));
+                    let Some(conn) = &s.conn else { return };
+                    if conn.fanout_mark.swap(publish_id, Ordering::Relaxed) == publish_id {
+                        return;
                     }
+                    let rank = match s.preferences.priority {
+                        Priority::High | Priority::Critical => 0,
+                        Priority::Medium => 1,
+                        Priority::Low => 2,
+                    };
+                    wake[rank].push(Arc::clone(conn));
                 },
             );
             out.matched.push(matched);
             out.dropped += dropped;
         }
         drop(sessions);
-        for rank in &mut wake {
-            rank.sort_unstable_by_key(|c| c.id);
-            rank.dedup_by_key(|c| c.id);
-        }
         out.wake = wake.into_iter().flatten().collect();
         out
     }
@@ -451,7 +459,7 @@ impl SessionTable {
         let mut sessions = self.lock();
         sessions.clear();
         for session in restored {
-            sessions.insert(Arc::clone(&session.client_id), session);
+            sessions.insert(Arc::clone(&session.client_id), Box::new(session));
         }
     }
 
@@ -476,7 +484,7 @@ impl SessionTable {
                 let id: Arc<str> = r.client_id.into();
                 let mut session = Session::new(Arc::clone(&id), r.client_type, hash, r.at);
                 session.replay_create(r.at);
-                sessions.insert(id, session);
+                sessions.insert(id, Box::new(session));
             }
             Record::Resumed(r) => {
                 seen(r.at);
@@ -533,7 +541,7 @@ impl SessionTable {
     pub(crate) fn capture<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<Captured>) {
         let sessions = self.lock();
         let result = f();
-        let copied = sessions.values().map(Session::to_record).collect();
+        let copied = sessions.values().map(|s| s.to_record()).collect();
         (result, copied)
     }
 
@@ -559,6 +567,7 @@ impl SessionTable {
         let sessions = self.lock();
         let mut picked: Vec<&Session> = sessions
             .values()
+            .map(|s| &**s)
             .filter(|s| filter.connected.is_none_or(|c| c == s.is_connected()))
             .filter(|s| filter.client_type.is_none_or(|t| t == s.client_type))
             .collect();
@@ -610,7 +619,7 @@ fn fan_out(
         on_match(s);
     };
     match targets {
-        None => sessions.values_mut().for_each(&mut track),
+        None => sessions.values_mut().for_each(|s| track(s)),
         Some(ids) => {
             let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
             ids.sort_unstable();
@@ -690,7 +699,7 @@ mod tests {
                 .position(|q| *q == p)
                 .unwrap()
         };
-        let fanout = table.publish(&[event(r#"{"event_type":"x"}"#, 1)], &[]);
+        let fanout = table.publish(1, &[event(r#"{"event_type":"x"}"#, 1)], &[]);
         let woken: Vec<usize> = fanout
             .wake
             .iter()
@@ -722,7 +731,7 @@ mod tests {
             event(r#"{"event_type":"deploy","priority":"critical"}"#, 4),
             event(r#"{"event_type":"other"}"#, 5),
         ];
-        let fanout = table.publish(&events, &[]);
+        let fanout = table.publish(1, &events, &[]);
         assert_eq!(fanout.matched, vec![1, 0, 0, 1, 0]);
         let session: Value = serde_json::from_str(&table.get_json("f").unwrap()).unwrap();
         assert_eq!(session["current_seq"], 2);
