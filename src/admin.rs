@@ -1,28 +1,14 @@
-//! The admin HTTP API (contract section 6) on tiny_http.
-//!
-//! [`route`] is a plain function from a request to a reply, so every
-//! endpoint can be tested without a socket; the rest is tiny_http glue.
-//!
-//! tiny_http's accept thread ends on the first `accept()` error (for
-//! example `EMFILE` when the process is out of file descriptors, tiny_http
-//! #283) and then reports that error once through `recv()`. The handler that
-//! sees it builds a new tiny_http server on the same listening socket (kept
-//! open here), so the admin API comes back as soon as descriptors free up.
+//! The admin HTTP API (contract section 6): [`route`] is a plain function
+//! from a request to a reply, so every endpoint can be tested without a
+//! socket. `admin_server.rs` serves it with tiny_http.
 
-use std::io::{self, Read};
-use std::net::TcpListener;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
-use log::{debug, error, warn};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::clock::now_ms;
 use crate::connection::close;
-use crate::error::{Error, Result};
 use crate::event::parse_publish_body;
 use crate::metrics::Gauges;
 use crate::protocol::percent_decode;
@@ -32,8 +18,6 @@ use crate::token::constant_time_eq;
 
 /// The largest `POST /events` body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Threads taking requests from tiny_http.
-const HANDLER_THREADS: usize = 2;
 
 /// Why a request body could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,167 +339,4 @@ fn delete_session(shared: &Shared, id: &str) -> Reply {
         }
         None => unknown_session(id),
     }
-}
-
-/// The running admin listener and its handler threads.
-pub(crate) struct AdminServer {
-    current: Arc<Mutex<Arc<tiny_http::Server>>>,
-    handlers: Vec<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for AdminServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminServer")
-            .field("handlers", &self.handlers.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl AdminServer {
-    /// Serves the admin API on `listener` until [`AdminServer::stop`].
-    pub(crate) fn start(shared: &Arc<Shared>, listener: TcpListener) -> Result<AdminServer> {
-        let server = serve_on(&listener)?;
-        let current = Arc::new(Mutex::new(Arc::new(server)));
-        let listener = Arc::new(listener);
-        let mut handlers = Vec::new();
-        for i in 0..HANDLER_THREADS {
-            let (shared, current, listener) = (
-                Arc::clone(shared),
-                Arc::clone(&current),
-                Arc::clone(&listener),
-            );
-            let handle = thread::Builder::new()
-                .name(format!("tether-admin-{i}"))
-                .spawn(move || handler_loop(&shared, &current, &listener))
-                .map_err(Error::Thread)?;
-            handlers.push(handle);
-        }
-        Ok(AdminServer { current, handlers })
-    }
-
-    /// Stops the handlers and closes the listener. The caller has set the
-    /// shutting-down flag, so handlers exit when unblocked.
-    pub(crate) fn stop(self) {
-        {
-            let server = self.current.lock().unwrap_or_else(|e| e.into_inner());
-            for _ in 0..self.handlers.len() {
-                server.unblock();
-            }
-        }
-        for handle in self.handlers {
-            let _ = handle.join();
-        }
-    }
-}
-
-fn serve_on(listener: &TcpListener) -> Result<tiny_http::Server> {
-    let listener = listener.try_clone()?;
-    tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| Error::Io(io::Error::other(e.to_string())))
-}
-
-fn handler_loop(
-    shared: &Arc<Shared>,
-    current: &Mutex<Arc<tiny_http::Server>>,
-    listener: &TcpListener,
-) {
-    loop {
-        if shared.is_shutting_down() {
-            return;
-        }
-        let server = Arc::clone(&current.lock().unwrap_or_else(|e| e.into_inner()));
-        match server.recv() {
-            Ok(request) => handle(shared, request),
-            Err(e) if e.kind() == io::ErrorKind::Other && e.to_string() == "thread unblocked" => {}
-            Err(e) => {
-                if shared.is_shutting_down() {
-                    return;
-                }
-                error!("admin API stopped accepting ({e}); restarting it");
-                thread::sleep(Duration::from_millis(100));
-                let mut slot = current.lock().unwrap_or_else(|e| e.into_inner());
-                if Arc::ptr_eq(&slot, &server) {
-                    match serve_on(listener) {
-                        Ok(fresh) => {
-                            *slot = Arc::new(fresh);
-                            // Wake the other handlers still waiting on the dead server.
-                            for _ in 0..HANDLER_THREADS {
-                                server.unblock();
-                            }
-                        }
-                        Err(e) => warn!("admin API restart failed: {e}; retrying"),
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn handle(shared: &Shared, mut request: tiny_http::Request) {
-    let method = request.method().as_str().to_string();
-    let url = request.url().to_string();
-    let authorization = header(&request, "Authorization");
-    let body = if method == "POST" || method == "PUT" || method == "PATCH" {
-        read_body(&mut request)
-    } else {
-        Ok(String::new())
-    };
-    let too_large = body == Err(BodyError::TooLarge);
-    let reply = route(
-        shared,
-        &AdminRequest {
-            method: &method,
-            url: &url,
-            authorization: authorization.as_deref(),
-            body,
-        },
-    );
-    // Never log the URL's query or any header: they may hold secrets.
-    debug!(
-        "admin {method} {} -> {}",
-        url.split('?').next().unwrap_or(""),
-        reply.status
-    );
-    let mut response = tiny_http::Response::from_string(reply.body)
-        .with_status_code(reply.status)
-        .with_header(
-            tiny_http::Header::from_bytes("Content-Type", reply.content_type)
-                .expect("valid header"),
-        );
-    if let Some(allow) = reply.allow {
-        response.add_header(tiny_http::Header::from_bytes("Allow", allow).expect("valid header"));
-    }
-    if too_large {
-        // The unread rest of the body must not be taken for the next request.
-        response.add_header(
-            tiny_http::Header::from_bytes("Connection", "close").expect("valid header"),
-        );
-    }
-    if let Err(e) = request.respond(response) {
-        debug!("admin response not sent: {e}");
-    }
-}
-
-fn header(request: &tiny_http::Request, name: &str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str().to_string())
-}
-
-fn read_body(request: &mut tiny_http::Request) -> std::result::Result<String, BodyError> {
-    if request.body_length().is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(BodyError::TooLarge);
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|_| BodyError::Unreadable)?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(BodyError::TooLarge);
-    }
-    String::from_utf8(body).map_err(|_| BodyError::Unreadable)
 }

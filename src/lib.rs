@@ -54,6 +54,7 @@
 
 pub mod admin;
 pub mod admin_client;
+mod admin_server;
 pub mod backoff;
 mod cleanup;
 pub mod cli;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use log::info;
 
-use crate::admin::AdminServer;
+use crate::admin_server::AdminServer;
 use crate::clock::now_ms;
 use crate::config::{resolve, Config};
 use crate::connection::close;

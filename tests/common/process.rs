@@ -23,6 +23,13 @@ pub fn tether() -> Command {
     cmd
 }
 
+const LOOPBACK_PORT_0: [&str; 4] = [
+    "--ws-listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+];
+
 /// A running `tether serve` and every line it wrote to stderr.
 pub struct Process {
     pub child: Child,
@@ -35,16 +42,26 @@ impl Process {
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Process {
         let mut cmd = tether();
         cmd.arg("serve")
-            .args([
-                "--ws-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+            .args(LOOPBACK_PORT_0)
             .args(args)
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null());
+            .envs(env.iter().copied());
+        Process::spawn(cmd)
+    }
+
+    /// `tether serve` allowed at most `limit` open file descriptors.
+    pub fn start_with_fd_limit(limit: u32) -> Process {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "ulimit -n {limit} && exec \"$0\" serve {}",
+                LOOPBACK_PORT_0.join(" ")
+            ))
+            .arg(tether().get_program());
+        Process::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Process {
+        cmd.stderr(Stdio::piped()).stdout(Stdio::null());
         let mut child = cmd.spawn().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
