@@ -13,9 +13,13 @@
 //!   any lock, then takes the connection's lock and feeds the bytes to the one
 //!   `WebSocket` through [`ConnIo`], whose reads hand out those bytes and then
 //!   report `WouldBlock`;
-//! - every write goes through the same `WebSocket` under the same lock, with
-//!   a per-call non-blocking send (`MSG_DONTWAIT`): a write never waits for a
-//!   client, so no lock is ever held across a blocking socket call;
+//! - every write goes through the same `WebSocket` under the same lock into
+//!   [`ConnIo`]'s output buffer, and a flush sends it with a per-call
+//!   non-blocking send (`MSG_DONTWAIT`): a write never waits for a client, so
+//!   no lock is ever held across a blocking socket call. A writer turn of
+//!   hundreds of events is one `send`, not one per 8 KiB: on loopback each
+//!   `send` also runs the receiver's TCP path and wakes it (`BENCHMARKS.md`
+//!   has what this saved);
 //! - events are written by a small shared writer pool (`writer.rs`), not by a
 //!   second thread per connection: a thread costs about 10 KiB of resident
 //!   memory, which would double the cost of an idle connection, and one pool
@@ -54,9 +58,10 @@ const READ_CHUNK: usize = 1024;
 /// tungstenite's own input buffer; its default of 128 KiB per connection is
 /// what a proxy moving bulk data wants, not a server of small messages.
 const WS_READ_BUFFER: usize = 512;
-/// Frames are collected up to this many bytes before a send, so a burst of
-/// events costs few system calls.
-const WS_WRITE_BUFFER: usize = 8 * 1024;
+/// tungstenite hands every frame straight to [`ConnIo`], which collects
+/// them until the next flush: a writer turn's events leave in one system
+/// call, and the buffer is the writer thread's, not the connection's.
+const WS_WRITE_BUFFER: usize = 0;
 /// The reader thread's stack: it only reads, feeds tungstenite and handles
 /// small, depth-limited JSON messages. Only the pages it touches are resident.
 const READER_STACK_SIZE: usize = 64 * 1024;
@@ -88,7 +93,9 @@ pub mod close {
 /// During the handshake it reads and writes the socket directly (with
 /// timeouts), keeping a copy of what it read so a request that is not an
 /// upgrade can still be answered. After the handshake it reads only the bytes
-/// the reader thread fed it, and writes without ever blocking.
+/// the reader thread fed it, and collects what is written until a flush
+/// sends it without blocking; what the socket does not take waits for the
+/// next flush.
 #[derive(Debug)]
 pub struct ConnIo {
     stream: Arc<TcpStream>,
@@ -97,17 +104,43 @@ pub struct ConnIo {
     input: Vec<u8>,
     input_len: usize,
     input_pos: usize,
+    /// Framed bytes not yet sent, from `output_sent` on.
+    output: Vec<u8>,
+    output_sent: usize,
+    /// `output` is a writer thread's buffer (see [`ConnIo::lend`]).
+    lent: bool,
 }
 
 impl ConnIo {
-    fn handshaking(stream: Arc<TcpStream>, head: Arc<Mutex<Vec<u8>>>) -> ConnIo {
+    fn new(stream: Arc<TcpStream>, head: Option<Arc<Mutex<Vec<u8>>>>) -> ConnIo {
         ConnIo {
             stream,
-            head: Some(head),
+            head,
             input: Vec::new(),
             input_len: 0,
             input_pos: 0,
+            output: Vec::new(),
+            output_sent: 0,
+            lent: false,
         }
+    }
+
+    /// Writes go into `buffer` (empty, but with the capacity a whole writer
+    /// turn needs) until [`ConnIo::give_back`]. Only called with nothing
+    /// waiting to be sent.
+    pub(crate) fn lend(&mut self, buffer: &mut Vec<u8>) {
+        debug_assert!(self.output.is_empty());
+        self.output = std::mem::take(buffer);
+        self.lent = true;
+    }
+
+    /// Returns the lent buffer if everything in it was sent; otherwise the
+    /// connection keeps it until its socket takes the rest.
+    pub(crate) fn give_back(&mut self, buffer: &mut Vec<u8>) {
+        if self.output.is_empty() {
+            *buffer = std::mem::take(&mut self.output);
+        }
+        self.lent = false;
     }
 }
 
@@ -137,11 +170,31 @@ impl Write for ConnIo {
         if self.head.is_some() {
             return (&*self.stream).write(buf);
         }
-        socket2::SockRef::from(&*self.stream)
-            .send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
     }
 
+    /// Sends what was written, without blocking: `WouldBlock` if the socket
+    /// is full.
     fn flush(&mut self) -> io::Result<()> {
+        let socket = socket2::SockRef::from(&*self.stream);
+        while self.output_sent < self.output.len() {
+            let unsent = &self.output[self.output_sent..];
+            match socket.send_with_flags(unsent, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.output_sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.output_sent = 0;
+        if self.lent {
+            self.output.clear();
+        } else {
+            // An idle connection keeps no buffer: its own writes are rare
+            // and small (replies, pings), and bursts use a lent buffer.
+            self.output = Vec::new();
+        }
         Ok(())
     }
 }
@@ -227,13 +280,7 @@ impl Conn {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, remote) = listener.accept().unwrap();
         let stream = Arc::new(server);
-        let io = ConnIo {
-            stream: Arc::clone(&stream),
-            head: None,
-            input: Vec::new(),
-            input_len: 0,
-            input_pos: 0,
-        };
+        let io = ConnIo::new(Arc::clone(&stream), None);
         let ws = WebSocket::from_raw_socket(io, tungstenite::protocol::Role::Server, None);
         let conn = Conn::new(
             id,
@@ -260,7 +307,15 @@ impl Conn {
     pub(crate) fn flush(ws: &mut WebSocket<ConnIo>) -> Flushed {
         match ws.flush() {
             Ok(()) => Flushed::Done,
-            Err(e) => classify_write_error(&e),
+            Err(e) => {
+                // Once the close handshake is over, tungstenite hands the
+                // close reply to the stream and reports the connection
+                // closed without flushing it; it must still go out.
+                if !matches!(e, WsError::Io(_)) {
+                    let _ = ws.get_mut().flush();
+                }
+                classify_write_error(&e)
+            }
         }
     }
 
@@ -295,7 +350,7 @@ impl Conn {
                 reason: reason.into(),
             };
             let _ = ws.close(Some(frame));
-            let _ = ws.flush();
+            let _ = Conn::flush(&mut ws);
         }
         let _ = self.stream.shutdown(Shutdown::Both);
     }
@@ -399,7 +454,7 @@ pub(crate) fn handshake(shared: Arc<Shared>, stream: TcpStream, remote: SocketAd
         Ok(resp)
     };
     let head = Arc::new(Mutex::new(Vec::new()));
-    let io = ConnIo::handshaking(Arc::clone(&stream), Arc::clone(&head));
+    let io = ConnIo::new(Arc::clone(&stream), Some(Arc::clone(&head)));
     let result = match tungstenite::accept_hdr_with_config(io, callback, Some(config)) {
         Ok(ws) => Ok(ws),
         Err(HandshakeError::Failure(e)) => Err(Some(e)),
@@ -528,7 +583,7 @@ fn refuse(ws: &mut WebSocket<ConnIo>, err: &WireError) {
         code: CloseCode::from(close::POLICY),
         reason: err.code.into(),
     }));
-    let _ = ws.flush();
+    let _ = Conn::flush(ws);
 }
 
 /// Validates the query, opens or resumes the session and writes the first

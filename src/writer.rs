@@ -145,10 +145,12 @@ impl Ord for Timed {
 
 /// A pool thread: serves queued connections until `stop` is dropped.
 pub(crate) fn run_pool_thread(shared: Arc<Shared>, work: Receiver<Arc<Conn>>, stop: Receiver<()>) {
+    // Each turn's messages are framed into this, then sent in one call.
+    let mut buffer = Vec::new();
     loop {
         select! {
             recv(work) -> conn => match conn {
-                Ok(conn) => serve(&shared, &conn),
+                Ok(conn) => serve(&shared, &conn, &mut buffer),
                 Err(_) => return,
             },
             recv(stop) -> _ => return,
@@ -181,8 +183,8 @@ pub(crate) fn run_timer(shared: Arc<Shared>, later: Receiver<Timed>, stop: Recei
     }
 }
 
-/// Writes what `conn` has due, without blocking.
-fn serve(shared: &Shared, conn: &Arc<Conn>) {
+/// Writes what `conn` has due, without blocking, framing it into `buffer`.
+fn serve(shared: &Shared, conn: &Arc<Conn>, buffer: &mut Vec<u8>) {
     conn.queued.store(false, Ordering::Release);
     if conn.is_closed() || !conn.ready.load(Ordering::Acquire) {
         return;
@@ -217,6 +219,7 @@ fn serve(shared: &Shared, conn: &Arc<Conn>) {
         .iter()
         .filter(|_| !due.as_batch)
         .map(|(seq, event, replayed)| event.message(*seq, *replayed));
+    ws.get_mut().lend(buffer);
     // Each message is built as it is written: nothing is collected first.
     for message in batch.into_iter().chain(singles) {
         if let Err(e) = ws.write(Message::text(message)) {
@@ -229,6 +232,7 @@ fn serve(shared: &Shared, conn: &Arc<Conn>) {
     if flushed != Flushed::Dead {
         flushed = Conn::flush(&mut ws);
     }
+    ws.get_mut().give_back(buffer);
     drop(ws);
     let replayed = due.items.iter().filter(|i| i.2).count() as u64;
     let metrics = &shared.metrics;
