@@ -20,7 +20,7 @@ use crate::protocol::{
     WireError,
 };
 use crate::record::{self, Record};
-use crate::session::{Due, Session, SessionRecord, SessionView};
+use crate::session::{Due, Released, Session, SessionRecord, SessionView};
 use crate::store::Store;
 use crate::token::TokenHash;
 
@@ -262,9 +262,9 @@ impl SessionTable {
     }
 
     /// Acknowledges up to `seq` and records it if that released anything.
-    fn ack_session(&self, session: &mut Session, seq: u64) -> Result<(), u64> {
+    fn ack_session(&self, session: &mut Session, seq: u64) -> Result<Released, u64> {
         let before = session.acked_seq();
-        session.ack(seq)?;
+        let released = session.ack(seq)?;
         if session.acked_seq() > before {
             let record = record::Acked {
                 client_id: session.client_id.to_string(),
@@ -272,7 +272,7 @@ impl SessionTable {
             };
             self.journal(record::kind::ACKED, &record);
         }
-        Ok(())
+        Ok(released)
     }
 
     /// Handles `{"type":"ack","seq":N}`.
@@ -280,8 +280,11 @@ impl SessionTable {
     /// # Errors
     /// `invalid_ack` when `seq` is above `current_seq`; nothing is acknowledged.
     pub(crate) fn ack(&self, conn: &Conn, seq: u64) -> Result<(), WireError> {
-        self.with_attached(conn, |s| self.ack_session(s, seq))
-            .unwrap_or(Ok(()))
+        // The released events are dropped here, after the lock.
+        let released = self.with_attached(conn, |s| self.ack_session(s, seq));
+        released
+            .unwrap_or(Ok(Vec::new()))
+            .map(drop)
             .map_err(invalid_ack)
     }
 
@@ -293,14 +296,17 @@ impl SessionTable {
         last_seq: Option<u64>,
         now: u64,
     ) -> (String, Option<WireError>) {
-        self.with_attached(conn, |s| {
+        let answered = self.with_attached(conn, |s| {
             s.last_heartbeat = Some(now);
-            let error = last_seq
-                .and_then(|seq| self.ack_session(s, seq).err())
-                .map(invalid_ack);
-            (heartbeat_ack(now, s.current_seq()), error)
-        })
-        .unwrap_or_else(|| (heartbeat_ack(now, 0), None))
+            let acked = last_seq.map(|seq| self.ack_session(s, seq));
+            (heartbeat_ack(now, s.current_seq()), acked)
+        });
+        // The released events are dropped here, after the lock.
+        match answered {
+            Some((reply, Some(Err(current)))) => (reply, Some(invalid_ack(current))),
+            Some((reply, _)) => (reply, None),
+            None => (heartbeat_ack(now, 0), None),
+        }
     }
 
     /// Handles `update_preferences`: returns `preferences_updated` and the
