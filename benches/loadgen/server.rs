@@ -120,6 +120,8 @@ impl Server {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(60)))
+                // One keep-alive connection per M2b publisher.
+                .max_idle_connections_per_host(8)
                 .build()
                 .into(),
         }
