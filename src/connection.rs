@@ -13,13 +13,14 @@
 //!   any lock, then takes the connection's lock and feeds the bytes to the one
 //!   `WebSocket` through [`ConnIo`], whose reads hand out those bytes and then
 //!   report `WouldBlock`;
-//! - every write goes through the same `WebSocket` under the same lock into
-//!   [`ConnIo`]'s output buffer, and a flush sends it with a per-call
-//!   non-blocking send (`MSG_DONTWAIT`): a write never waits for a client, so
-//!   no lock is ever held across a blocking socket call. A writer turn of
-//!   hundreds of events is one `send`, not one per 8 KiB: on loopback each
-//!   `send` also runs the receiver's TCP path and wakes it (`BENCHMARKS.md`
-//!   has what this saved);
+//! - every write goes, under the same lock, into [`ConnIo`]'s output buffer
+//!   (tungstenite's messages through the `WebSocket`, event messages built
+//!   in place and framed with tungstenite's `FrameHeader`), and a flush sends
+//!   it with a per-call non-blocking send (`MSG_DONTWAIT`): a write never
+//!   waits for a client, so no lock is ever held across a blocking socket
+//!   call. A writer turn of hundreds of events is one `send`, not one per
+//!   8 KiB: on loopback each `send` also runs the receiver's TCP path and
+//!   wakes it (`BENCHMARKS.md` has what this saved);
 //! - events are written by a small shared writer pool (`writer.rs`), not by a
 //!   second thread per connection: a thread costs about 10 KiB of resident
 //!   memory, which would double the cost of an idle connection, and one pool
@@ -41,8 +42,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::handshake::HandshakeError;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
@@ -132,6 +133,27 @@ impl ConnIo {
         debug_assert!(self.output.is_empty());
         self.output = std::mem::take(buffer);
         self.lent = true;
+    }
+
+    /// Appends one text message of `len` bytes, which `fill` writes, framed
+    /// by tungstenite's own [`FrameHeader`]: event messages are built in
+    /// place in the output, instead of in a `String` that tungstenite would
+    /// then copy into its buffer and hand on to this one.
+    ///
+    /// Only for a `WebSocket` that [can write](WebSocket::can_write): then
+    /// tungstenite's own buffer is empty (`WS_WRITE_BUFFER` is 0 and writes
+    /// here never fail), so frames stay in order.
+    pub(crate) fn write_text_frame(&mut self, len: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        let header = FrameHeader {
+            opcode: OpCode::Data(OpData::Text),
+            ..FrameHeader::default()
+        };
+        header
+            .format(len as u64, &mut self.output)
+            .expect("writing to a Vec cannot fail");
+        let start = self.output.len();
+        fill(&mut self.output);
+        debug_assert_eq!(self.output.len() - start, len, "a message's length");
     }
 
     /// Returns the lent buffer if everything in it was sent; otherwise the
@@ -281,7 +303,8 @@ impl Conn {
         let (server, remote) = listener.accept().unwrap();
         let stream = Arc::new(server);
         let io = ConnIo::new(Arc::clone(&stream), None);
-        let ws = WebSocket::from_raw_socket(io, tungstenite::protocol::Role::Server, None);
+        let config = WebSocketConfig::default().write_buffer_size(WS_WRITE_BUFFER);
+        let ws = WebSocket::from_raw_socket(io, tungstenite::protocol::Role::Server, Some(config));
         let conn = Conn::new(
             id,
             client_id.into(),
@@ -822,6 +845,47 @@ fn handle_message(shared: &Shared, conn: &Arc<Conn>, text: &str) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_written_in_place_reach_a_websocket_client_whole() {
+        let (conn, client) = Conn::for_test(1, "c");
+        // Each length format of the header: 7-bit, 16-bit and 64-bit.
+        let texts: Vec<String> = [5, 300, 70_000].iter().map(|&n| "x".repeat(n)).collect();
+        let count = texts.len() + 1;
+        let reader = thread::spawn(move || {
+            let role = tungstenite::protocol::Role::Client;
+            let mut peer = WebSocket::from_raw_socket(client, role, None);
+            (0..count)
+                .map(|_| match peer.read().unwrap() {
+                    Message::Text(got) => got.as_str().to_string(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut ws = conn.ws();
+        let mut buffer = Vec::new();
+        ws.get_mut().lend(&mut buffer);
+        for text in &texts {
+            ws.get_mut()
+                .write_text_frame(text.len(), |out| out.extend_from_slice(text.as_bytes()));
+        }
+        // tungstenite's own messages go after them, in order.
+        let mut flushed = Conn::write_text(&mut ws, "last".into());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while flushed == Flushed::Blocked && Instant::now() < deadline {
+            thread::yield_now();
+            flushed = Conn::flush(&mut ws);
+        }
+        assert_eq!(flushed, Flushed::Done);
+        ws.get_mut().give_back(&mut buffer);
+        assert!(
+            buffer.capacity() > 70_000,
+            "the buffer comes back once sent"
+        );
+        let mut expected = texts;
+        expected.push("last".into());
+        assert_eq!(reader.join().unwrap(), expected);
+    }
 
     #[test]
     fn request_path_reads_the_request_line() {

@@ -165,7 +165,7 @@ impl Event {
     pub fn record_json(&self, targets: Option<&[String]>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.body.len() + 64);
         out.push(b'{');
-        // The body starts with the comma that follows "type" in a message.
+        // The body starts with the comma that follows the seq in a message.
         out.extend_from_slice(&self.body.as_bytes()[1..]);
         if let Some(targets) = targets {
             out.extend_from_slice(br#","targets":"#);
@@ -180,43 +180,47 @@ impl Event {
         &self.body[self.type_at.0 as usize..self.type_at.1 as usize]
     }
 
-    /// The `event` message for one session.
+    /// Appends the `event` message for one session: `len` bytes, where
+    /// `len` is [`Event::message_len`].
     ///
-    /// Built for every delivery, so it is sized exactly: tungstenite turns
-    /// the `String` into `Bytes`, which takes a full buffer over as it is but
-    /// needs one more allocation for a buffer with spare capacity.
-    pub fn message(&self, seq: u64, replayed: bool) -> String {
-        const TYPE: &str = r#"{"type":"event""#;
-        let mut out = String::with_capacity(TYPE.len() + self.fields_len(seq, replayed));
-        out.push_str(TYPE);
-        self.push_fields(&mut out, seq, replayed);
-        out
+    /// This runs for every delivery, straight into the writer's output
+    /// buffer, so nothing is allocated or copied twice.
+    pub fn write_message(&self, out: &mut Vec<u8>, seq: u64, replayed: bool) {
+        out.extend_from_slice(MESSAGE_START);
+        self.write_rest(out, seq, replayed);
+    }
+
+    /// The length of [`Event::write_message`]'s message.
+    pub fn message_len(&self, seq: u64, replayed: bool) -> usize {
+        MESSAGE_START.len() + self.rest_len(seq, replayed)
     }
 
     /// Appends this event as an item of an `event_batch` (the event object
-    /// without `"type"`).
-    pub fn push_batch_item(&self, out: &mut String, seq: u64, replayed: bool) {
-        out.push('{');
-        let before = out.len();
-        self.push_fields(out, seq, replayed);
-        // push_fields starts with a comma meant to follow "type"; an item has none.
-        out.remove(before);
+    /// without `"type"`): [`Event::item_len`] bytes.
+    pub fn write_item(&self, out: &mut Vec<u8>, seq: u64, replayed: bool) {
+        out.extend_from_slice(ITEM_START);
+        self.write_rest(out, seq, replayed);
     }
 
-    fn push_fields(&self, out: &mut String, seq: u64, replayed: bool) {
-        out.push_str(SEQ);
+    /// The length of [`Event::write_item`]'s item.
+    pub fn item_len(&self, seq: u64, replayed: bool) -> usize {
+        ITEM_START.len() + self.rest_len(seq, replayed)
+    }
+
+    fn write_rest(&self, out: &mut Vec<u8>, seq: u64, replayed: bool) {
         push_decimal(out, seq);
-        out.push_str(&self.body);
-        out.push_str(tail(replayed));
+        out.extend_from_slice(self.body.as_bytes());
+        out.extend_from_slice(tail(replayed).as_bytes());
     }
 
-    /// The length of what [`Event::push_fields`] appends.
-    fn fields_len(&self, seq: u64, replayed: bool) -> usize {
-        SEQ.len() + decimal_len(seq) + self.body.len() + tail(replayed).len()
+    fn rest_len(&self, seq: u64, replayed: bool) -> usize {
+        decimal_len(seq) + self.body.len() + tail(replayed).len()
     }
 }
 
-const SEQ: &str = r#","seq":"#;
+/// How an `event` message and an `event_batch` item start, up to the seq.
+const MESSAGE_START: &[u8] = br#"{"type":"event","seq":"#;
+const ITEM_START: &[u8] = br#"{"seq":"#;
 
 fn tail(replayed: bool) -> &'static str {
     if replayed {
@@ -228,7 +232,7 @@ fn tail(replayed: bool) -> &'static str {
 
 /// Appends `n` in decimal, without the formatting machinery of `write!`
 /// (this runs for every event delivered).
-fn push_decimal(out: &mut String, mut n: u64) {
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -239,7 +243,7 @@ fn push_decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn decimal_len(n: u64) -> usize {
@@ -323,18 +327,23 @@ mod tests {
         let ev = Event::new(7, 1000, new, &live);
         assert_eq!(live.count(), 1);
         assert_eq!(ev.event_type(), "build.done");
-        let msg: Value = serde_json::from_str(&ev.message(3, true)).unwrap();
+        let message = |seq, replayed| {
+            let mut out = Vec::new();
+            ev.write_message(&mut out, seq, replayed);
+            String::from_utf8(out).unwrap()
+        };
+        let msg: Value = serde_json::from_str(&message(3, true)).unwrap();
         assert_eq!(msg["type"], "event");
         assert_eq!(msg["seq"], 3);
         assert_eq!(msg["id"], 7);
         assert_eq!(msg["priority"], "high");
         assert_eq!(msg["timestamp"], 1000);
         assert_eq!(msg["replayed"], true);
-        assert!(ev.message(3, true).contains("12345678901234567890123"));
-        let mut batch = String::from("[");
-        ev.push_batch_item(&mut batch, 4, false);
-        batch.push(']');
-        let items: Value = serde_json::from_str(&batch).unwrap();
+        assert!(message(3, true).contains("12345678901234567890123"));
+        let mut batch = b"[".to_vec();
+        ev.write_item(&mut batch, 4, false);
+        batch.push(b']');
+        let items: Value = serde_json::from_slice(&batch).unwrap();
         assert_eq!(items[0]["seq"], 4);
         assert_eq!(items[0].get("type"), None);
         assert_eq!(items[0]["data"], json!({"n": 1.2345678901234568e22}));
@@ -343,15 +352,21 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_sized_exactly_and_seqs_written_in_decimal() {
+    fn lengths_are_exact_and_seqs_written_in_decimal() {
         let live = Arc::new(LiveEvents::default());
         let new = &parse_publish_body(r#"{"event_type":"a","data":[1]}"#).unwrap()[0];
         let ev = Event::new(1, 2, new, &live);
         for seq in [0, 7, 10, 99, 1000, 123_456_789, u64::MAX] {
             for replayed in [false, true] {
-                let msg = ev.message(seq, replayed);
-                assert_eq!(msg.len(), msg.capacity(), "{msg}");
-                let value: Value = serde_json::from_str(&msg).unwrap();
+                let mut msg = Vec::new();
+                ev.write_message(&mut msg, seq, replayed);
+                assert_eq!(msg.len(), ev.message_len(seq, replayed));
+                let value: Value = serde_json::from_slice(&msg).unwrap();
+                assert_eq!(value["seq"], seq);
+                let mut item = Vec::new();
+                ev.write_item(&mut item, seq, replayed);
+                assert_eq!(item.len(), ev.item_len(seq, replayed));
+                let value: Value = serde_json::from_slice(&item).unwrap();
                 assert_eq!(value["seq"], seq);
             }
         }

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use tungstenite::Message;
 
-use crate::connection::{close, Conn, Flushed};
+use crate::connection::{close, Conn, ConnIo, Flushed};
 use crate::event::Event;
 use crate::server::Shared;
 use crate::session::Then;
@@ -202,6 +201,11 @@ fn serve(shared: &Shared, conn: &Arc<Conn>, buffer: &mut Vec<u8>) {
         after_write(shared, conn, flushed, Then::Continue);
         return;
     }
+    if !ws.can_write() {
+        // A close frame went out or came in: the connection is ending, and
+        // its events stay with its session.
+        return;
+    }
     let durable_id = shared.durable_event_id();
     let Some(taken) = shared
         .table
@@ -213,25 +217,19 @@ fn serve(shared: &Shared, conn: &Arc<Conn>, buffer: &mut Vec<u8>) {
         conn.replaying.store(false, Ordering::Release);
     }
     let due = &taken.due;
-    let batch = (due.as_batch && !due.items.is_empty()).then(|| batch_message(&due.items));
-    let singles = due
-        .items
-        .iter()
-        .filter(|_| !due.as_batch)
-        .map(|(seq, event, replayed)| event.message(*seq, *replayed));
-    ws.get_mut().lend(buffer);
-    // Each message is built as it is written: nothing is collected first.
-    for message in batch.into_iter().chain(singles) {
-        if let Err(e) = ws.write(Message::text(message)) {
-            flushed = crate::connection::classify_write_error(&e);
-            if flushed == Flushed::Dead {
-                break;
-            }
+    let io = ws.get_mut();
+    io.lend(buffer);
+    if due.as_batch {
+        if !due.items.is_empty() {
+            write_batch(io, &due.items);
+        }
+    } else {
+        for (seq, event, replayed) in &due.items {
+            let len = event.message_len(*seq, *replayed);
+            io.write_text_frame(len, |out| event.write_message(out, *seq, *replayed));
         }
     }
-    if flushed != Flushed::Dead {
-        flushed = Conn::flush(&mut ws);
-    }
+    flushed = Conn::flush(&mut ws);
     ws.get_mut().give_back(buffer);
     drop(ws);
     let replayed = due.items.iter().filter(|i| i.2).count() as u64;
@@ -252,18 +250,25 @@ fn serve(shared: &Shared, conn: &Arc<Conn>, buffer: &mut Vec<u8>) {
     after_write(shared, conn, flushed, then);
 }
 
-/// `{"type":"event_batch","events":[...]}`.
-fn batch_message(items: &[(u64, Arc<Event>, bool)]) -> String {
-    let mut out = String::with_capacity(64 + items.len() * 160);
-    out.push_str(r#"{"type":"event_batch","events":["#);
-    for (i, (seq, event, replayed)) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+/// Appends `{"type":"event_batch","events":[...]}` as one message.
+fn write_batch(io: &mut ConnIo, items: &[(u64, Arc<Event>, bool)]) {
+    const START: &[u8] = br#"{"type":"event_batch","events":["#;
+    const END: &[u8] = b"]}";
+    let items_len: usize = items
+        .iter()
+        .map(|(seq, event, replayed)| event.item_len(*seq, *replayed))
+        .sum();
+    let commas = items.len().saturating_sub(1);
+    io.write_text_frame(START.len() + items_len + commas + END.len(), |out| {
+        out.extend_from_slice(START);
+        for (i, (seq, event, replayed)) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            event.write_item(out, *seq, *replayed);
         }
-        event.push_batch_item(&mut out, *seq, *replayed);
-    }
-    out.push_str("]}");
-    out
+        out.extend_from_slice(END);
+    });
 }
 
 fn after_write(shared: &Shared, conn: &Arc<Conn>, flushed: Flushed, then: Then) {
