@@ -198,16 +198,16 @@ impl Session {
         Ok(self.retained.drain(..count as usize).collect())
     }
 
-    /// Releases retained events published before `cutoff` (Unix ms).
-    /// Returns how many were released and how many of those were dropped
-    /// (never written to a connection).
-    pub fn expire(&mut self, cutoff: u64) -> (u64, u64) {
+    /// Releases retained events published before `cutoff` (Unix ms) into
+    /// `released`. Returns how many were released and how many of those
+    /// were dropped (never written to a connection).
+    pub fn expire(&mut self, cutoff: u64, into: &mut Released) -> (u64, u64) {
         let (mut released, mut dropped) = (0, 0);
         while self.retained.front().is_some_and(|e| e.timestamp < cutoff) {
             if self.first_retained_seq() > self.written_seq {
                 dropped += 1;
             }
-            self.retained.pop_front();
+            into.extend(self.retained.pop_front());
             released += 1;
         }
         self.dropped_events_total += dropped;
@@ -655,7 +655,9 @@ mod tests {
         for e in events(4) {
             s.track(e, 10);
         }
-        assert_eq!(s.expire(25), (2, 2));
+        let mut released = Vec::new();
+        assert_eq!(s.expire(25, &mut released), (2, 2));
+        assert_eq!(released.len(), 2);
         assert_eq!(s.retained_len(), 2);
         assert_eq!(s.dropped_events_total, 2);
     }

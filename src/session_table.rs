@@ -404,18 +404,29 @@ impl SessionTable {
     /// expired the table's memory is given back too.
     pub fn expire(&self, cutoff: u64) -> Expired {
         let mut expired = Expired::default();
-        let mut sessions = self.lock();
-        let before = sessions.len();
-        sessions.retain(|_, s| s.is_connected() || s.disconnected_at.is_none_or(|at| at >= cutoff));
-        expired.sessions = before - sessions.len();
-        for s in sessions.values_mut() {
-            let (released, dropped) = s.expire(cutoff);
-            expired.events += released;
-            expired.dropped += dropped;
-        }
-        if sessions.capacity() > 64 && sessions.len() < sessions.capacity() / 4 {
-            sessions.shrink_to_fit();
-        }
+        // Both are dropped after the lock (see `Released`).
+        let mut released = Vec::new();
+        let removed: Vec<Box<Session>> = {
+            let mut sessions = self.lock();
+            let gone: Vec<Arc<str>> = sessions
+                .iter()
+                .filter(|(_, s)| {
+                    !s.is_connected() && s.disconnected_at.is_some_and(|at| at < cutoff)
+                })
+                .map(|(id, _)| Arc::clone(id))
+                .collect();
+            let removed = gone.iter().filter_map(|id| sessions.remove(id)).collect();
+            for s in sessions.values_mut() {
+                let (events, dropped) = s.expire(cutoff, &mut released);
+                expired.events += events;
+                expired.dropped += dropped;
+            }
+            if sessions.capacity() > 64 && sessions.len() < sessions.capacity() / 4 {
+                sessions.shrink_to_fit();
+            }
+            removed
+        };
+        expired.sessions = removed.len();
         expired
     }
 
