@@ -65,24 +65,22 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::ErrorKind;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::value::RawValue;
+use serde::Deserialize;
 use serde_json::{json, Value};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use tungstenite::{Error as WsError, Message, WebSocket};
+use tungstenite::{Error as WsError, Message};
 
 use crate::backoff::Backoff;
+pub use crate::client_config::ClientConfig;
+use crate::client_connection::{
+    describe_close, heartbeat_settings, open, AttemptError, Connection, First,
+};
 pub use crate::client_error::{ClientError, ClientResult};
-use crate::config::Strategy;
-use crate::protocol::{is_valid_name, ClientType, Priority};
+pub use crate::client_events::{Event, Gap, Notice, Received, Stats};
 pub use crate::state_file::ResumeState;
 use crate::state_file::StateFile;
 
@@ -92,335 +90,12 @@ const CLOSE_TAKEN_OVER: u16 = 4000;
 /// How long [`Client::close`] waits for the server's close reply.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Error codes of a first message that retrying cannot fix.
-const REFUSALS: &[&str] = &[
-    "invalid_resume_token",
-    "invalid_last_seq",
-    "invalid_client_id",
-    "invalid_client_type",
-];
-
-/// How a [`Client`] connects and behaves. Build it with
-/// [`ClientConfig::new`] and struct-update syntax.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// The server's WebSocket endpoint, `ws://HOST:PORT/ws` (no query:
-    /// the client writes it). `wss://` needs TLS, which this build lacks.
-    pub url: String,
-    /// The session's `client_id`; `None` lets the server choose one (or
-    /// takes it from the resume state).
-    pub client_id: Option<String>,
-    /// Sent as `client_type`; `None` lets the server detect it from the
-    /// `User-Agent` (`tether/...`, so `cli`).
-    pub client_type: Option<ClientType>,
-    /// The session to resume, if the application kept it itself (see
-    /// [`Client::resume_state`]). Ignored when the state file has one.
-    pub resume: Option<ResumeState>,
-    /// Where to keep the resume state across restarts; `None` keeps it in
-    /// memory only. See [`crate::state_file`].
-    pub state_file: Option<PathBuf>,
-    /// Preference fields sent as `update_preferences` (a JSON object): on
-    /// every new session, and once after the first connection of this
-    /// client (so a restart with other preferences applies them).
-    pub preferences: Option<Value>,
-    /// Overrides the announced strategy.
-    pub strategy: Option<Strategy>,
-    /// Overrides the announced `max_retry_attempts`.
-    pub max_retry_attempts: Option<u32>,
-    /// Limit on the TCP connect, the upgrade and the first message, and on
-    /// every write. Default 10 s.
-    pub connect_timeout: Duration,
-    /// Acknowledge at the latest after this many processed events. Keep it
-    /// well under the server's `max_missed_events / 2`. Default 100.
-    pub ack_every: u64,
-    /// Acknowledge processed events after this long without another ack.
-    /// Default 1 s.
-    pub ack_delay: Duration,
-}
-
-impl ClientConfig {
-    /// The defaults, connecting to `url`.
-    pub fn new(url: impl Into<String>) -> ClientConfig {
-        ClientConfig {
-            url: url.into(),
-            client_id: None,
-            client_type: None,
-            resume: None,
-            state_file: None,
-            preferences: None,
-            strategy: None,
-            max_retry_attempts: None,
-            connect_timeout: Duration::from_secs(10),
-            ack_every: 100,
-            ack_delay: Duration::from_secs(1),
-        }
-    }
-
-    /// Checks the settings.
-    ///
-    /// # Errors
-    /// [`ClientError::Config`] naming the bad setting.
-    pub fn validate(&self) -> ClientResult<()> {
-        let bad = |msg: String| Err(ClientError::Config(msg));
-        match self.url.split_once("://") {
-            Some(("ws", rest)) if !rest.is_empty() && !rest.contains('?') => {}
-            Some(("wss", _)) => {
-                return bad(format!(
-                    "url {}: wss:// needs TLS, which this build of tether does not include",
-                    self.url
-                ))
-            }
-            _ => {
-                return bad(format!(
-                    "url {:?} is not ws://HOST:PORT/PATH without a query",
-                    self.url
-                ))
-            }
-        }
-        if let Some(id) = &self.client_id {
-            if !is_valid_name(id) {
-                return bad(format!(
-                    "client id {id:?} is not 1-128 characters of A-Z a-z 0-9 . _ : -"
-                ));
-            }
-        }
-        if !matches!(&self.preferences, None | Some(Value::Object(_))) {
-            return bad("preferences must be a JSON object".into());
-        }
-        if self.ack_every == 0 {
-            return bad("ack_every must be at least 1".into());
-        }
-        Ok(())
-    }
-}
-
-/// One event, as the server sent it (the event object of contract section 4).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
-    /// Its seq in this session: 1, 2, 3, ...
-    pub seq: u64,
-    /// Its global id.
-    pub id: u64,
-    /// Its type, e.g. `build.finished`.
-    pub event_type: String,
-    /// Its priority.
-    #[serde(deserialize_with = "priority_from_str")]
-    pub priority: Priority,
-    /// Unix milliseconds of publication.
-    pub timestamp: u64,
-    /// The publisher's JSON, verbatim.
-    #[serde(default = "null_data")]
-    pub data: Box<RawValue>,
-    /// Whether it came as a replay after a resume.
-    #[serde(default)]
-    pub replayed: bool,
-}
-
-impl Event {
-    /// The event as one line of JSON: `seq`, `id`, `event_type`,
-    /// `priority`, `timestamp`, `data`, `replayed`.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("an event serialises")
-    }
-}
-
-fn priority_from_str<'de, D: Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
-    let name = String::deserialize(d)?;
-    name.parse()
-        .map_err(|()| serde::de::Error::custom(format!("unknown priority {name:?}")))
-}
-
-fn null_data() -> Box<RawValue> {
-    RawValue::from_string("null".into()).expect("null is JSON")
-}
-
-/// Events that were lost: the server no longer had them (overflow,
-/// retention, or released by an acknowledgement from elsewhere).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gap {
-    /// The first missing seq.
-    pub first_seq: u64,
-    /// The last missing seq.
-    pub last_seq: u64,
-}
-
-impl Gap {
-    /// How many events are missing.
-    pub fn len(&self) -> u64 {
-        self.last_seq - self.first_seq + 1
-    }
-
-    /// Always false: a gap misses at least one event.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-}
-
-impl fmt::Display for Gap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "gap: {} events lost (seq {}-{})",
-            self.len(),
-            self.first_seq,
-            self.last_seq
-        )
-    }
-}
-
-/// Something the application should know about the connection.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Notice {
-    /// A new session was opened.
-    Connected {
-        /// Its `client_id` (generated by the server if none was given).
-        client_id: String,
-        /// Its `client_type`.
-        client_type: String,
-    },
-    /// The session was resumed; `missed_events` follow as replay.
-    Resumed {
-        /// The session.
-        client_id: String,
-        /// How many events the server replays.
-        missed_events: u64,
-        /// The session's resumes so far.
-        reconnect_count: u64,
-    },
-    /// The client asked to resume, but the server no longer knew the
-    /// session (expired, deleted, or a server restart) and opened a new
-    /// one: events published while the client was away are lost.
-    HistoryLost {
-        /// The session that was asked for.
-        client_id: String,
-    },
-    /// The connection was lost.
-    Disconnected {
-        /// Why, in words.
-        reason: String,
-    },
-    /// The next attempt comes after `delay`.
-    Retrying {
-        /// 1 for the first retry after a loss.
-        attempt: u32,
-        /// The wait, jitter included.
-        delay: Duration,
-    },
-    /// The server confirmed new preferences.
-    PreferencesUpdated(Value),
-    /// The server answered a message with an `error` (e.g. `invalid_preferences`).
-    ServerError {
-        /// The contract's error code.
-        code: String,
-        /// The server's explanation.
-        message: String,
-    },
-}
-
-impl fmt::Display for Notice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Notice::Connected {
-                client_id,
-                client_type,
-            } => write!(f, "connected: new session {client_id} ({client_type})"),
-            Notice::Resumed {
-                client_id,
-                missed_events,
-                reconnect_count,
-            } => write!(
-                f,
-                "resumed session {client_id} with {missed_events} missed (reconnect {reconnect_count})"
-            ),
-            Notice::HistoryLost { client_id } => write!(
-                f,
-                "session {client_id} was not restored: the server no longer had it, \
-                 so events published while away are lost"
-            ),
-            Notice::Disconnected { reason } => write!(f, "disconnected: {reason}"),
-            Notice::Retrying { attempt, delay } => write!(
-                f,
-                "retrying in {} ms (attempt {attempt})",
-                delay.as_millis()
-            ),
-            Notice::PreferencesUpdated(p) => write!(f, "preferences updated: {p}"),
-            Notice::ServerError { code, message } => {
-                write!(f, "server error {code}: {message}")
-            }
-        }
-    }
-}
-
-/// What [`Client::recv`] hands to the application.
-#[derive(Debug, Clone)]
-pub enum Received {
-    /// The next event, in seq order, never one already handed over.
-    Event(Event),
-    /// Events that are lost; the events after them follow.
-    Gap(Gap),
-    /// News about the connection.
-    Notice(Notice),
-}
-
-impl Received {
-    /// The seq that is processed once the application comes back.
-    fn seq(&self) -> Option<u64> {
-        match self {
-            Received::Event(e) => Some(e.seq),
-            Received::Gap(g) => Some(g.last_seq),
-            Received::Notice(_) => None,
-        }
-    }
-}
-
-/// Counters, for operators and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    /// Connections that got their first message.
-    pub connections: u64,
-    /// Of those, resumed sessions.
-    pub resumes: u64,
-    /// Events dropped because they had been handed over already.
-    pub duplicates_dropped: u64,
-    /// Gaps reported.
-    pub gaps: u64,
-}
-
-/// The announced heartbeat settings of a connection.
-#[derive(Debug, Clone, Copy)]
-struct Heartbeat {
-    interval: Duration,
-    timeout: Duration,
-}
-
-/// A live connection.
-struct Connection {
-    ws: WebSocket<TcpStream>,
-    heartbeat: Option<Heartbeat>,
-    next_heartbeat: Instant,
-    last_received: Instant,
-}
-
 enum Link {
     Up(Box<Connection>),
     /// The next attempt is due at this instant.
     Waiting(Instant),
     /// No automatic attempt: manual strategy, gave up, refused, taken over.
     Idle,
-}
-
-/// Why an attempt failed.
-enum AttemptError {
-    /// Worth retrying.
-    Failed(String),
-    /// Retrying would get the same answer.
-    Fatal(ClientError),
-}
-
-/// The server's first message on a connection.
-enum First {
-    Established(Value),
-    Sync(Value),
 }
 
 /// The session the client holds.
@@ -663,7 +338,7 @@ impl Client {
 
     /// Makes one connection attempt.
     fn attempt(&mut self) {
-        match self.open() {
+        match open(&self.connect_url(), self.config.connect_timeout) {
             Ok((conn, first)) => {
                 self.failures = 0;
                 self.attempted = true;
@@ -726,95 +401,6 @@ impl Client {
             reason: reason.clone(),
         }));
         self.schedule_retry(reason);
-    }
-
-    /// Connects, upgrades and reads the first message.
-    fn open(&self) -> Result<(Box<Connection>, First), AttemptError> {
-        let failed =
-            |what: &str, e: &dyn fmt::Display| AttemptError::Failed(format!("{what}: {e}"));
-        let mut request = self
-            .connect_url()
-            .into_client_request()
-            .map_err(|e| AttemptError::Fatal(ClientError::Config(format!("bad url: {e}"))))?;
-        let agent = concat!("tether/", env!("CARGO_PKG_VERSION"));
-        request
-            .headers_mut()
-            .insert("User-Agent", agent.parse().expect("a valid header value"));
-        let host = request.uri().host().unwrap_or("").to_string();
-        let port = request.uri().port_u16().unwrap_or(80);
-        let timeout = self.config.connect_timeout;
-        let addrs = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| failed(&format!("cannot resolve {host}"), &e))?;
-        let mut stream = Err(std::io::Error::new(ErrorKind::NotFound, "no address"));
-        for addr in addrs {
-            stream = TcpStream::connect_timeout(&addr, timeout);
-            if stream.is_ok() {
-                break;
-            }
-        }
-        let stream = stream.map_err(|e| failed(&format!("cannot connect to {host}:{port}"), &e))?;
-        let _ = stream.set_nodelay(true);
-        stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|()| stream.set_write_timeout(Some(timeout)))
-            .map_err(|e| failed("socket", &e))?;
-        let mut ws = match tungstenite::client::client_with_config(request, stream, None) {
-            Ok((ws, _)) => ws,
-            Err(HandshakeError::Failure(WsError::Http(resp))) => {
-                return Err(AttemptError::Failed(format!(
-                    "the server answered HTTP {}",
-                    resp.status()
-                )))
-            }
-            Err(HandshakeError::Failure(e)) => return Err(failed("handshake failed", &e)),
-            Err(HandshakeError::Interrupted(_)) => {
-                return Err(AttemptError::Failed("handshake timed out".into()))
-            }
-        };
-        let first = loop {
-            match ws.read() {
-                Ok(Message::Text(text)) => break text,
-                Ok(Message::Close(frame)) => {
-                    return Err(AttemptError::Failed(format!(
-                        "closed before the first message ({})",
-                        describe_close(frame.as_ref())
-                    )))
-                }
-                Ok(_) => {}
-                Err(e) => return Err(failed("no first message", &e)),
-            }
-        };
-        let value: Value = serde_json::from_str(first.as_str())
-            .map_err(|e| failed("the first message is not JSON", &e))?;
-        let first = match value["type"].as_str() {
-            Some("connection_established") => First::Established(value["data"].clone()),
-            Some("reconnection_sync") => First::Sync(value["data"].clone()),
-            Some("error") => {
-                let code = value["code"].as_str().unwrap_or("").to_string();
-                let message = value["message"].as_str().unwrap_or("").to_string();
-                return Err(if REFUSALS.contains(&code.as_str()) {
-                    AttemptError::Fatal(ClientError::Refused { code, message })
-                } else {
-                    AttemptError::Failed(format!("server error {code}: {message}"))
-                });
-            }
-            _ => {
-                return Err(AttemptError::Failed(format!(
-                    "unexpected first message {value}"
-                )))
-            }
-        };
-        let now = Instant::now();
-        Ok((
-            Box::new(Connection {
-                ws,
-                heartbeat: None,
-                next_heartbeat: now,
-                last_received: now,
-            }),
-            first,
-        ))
     }
 
     /// The URL with the query this connection needs.
@@ -1103,91 +689,6 @@ fn apply_overrides(backoff: &mut Backoff, config: &ClientConfig) {
     }
 }
 
-fn heartbeat_settings(announced: &Value) -> Option<Heartbeat> {
-    if announced["enabled"] == false {
-        return None;
-    }
-    let interval = announced["interval_ms"].as_u64().filter(|ms| *ms > 0)?;
-    let timeout = announced["timeout_ms"]
-        .as_u64()
-        .filter(|t| *t > interval)
-        .unwrap_or(interval * 2);
-    Some(Heartbeat {
-        interval: Duration::from_millis(interval),
-        timeout: Duration::from_millis(timeout),
-    })
-}
-
 fn ack_message(seq: u64) -> String {
     format!(r#"{{"type":"ack","seq":{seq}}}"#)
-}
-
-fn describe_close(frame: Option<&CloseFrame>) -> String {
-    match frame {
-        Some(f) if f.reason.is_empty() => format!("code {}", u16::from(f.code)),
-        Some(f) => format!("code {}, {}", u16::from(f.code), f.reason),
-        None => "no close code".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_validation_names_the_problem() {
-        let ok = ClientConfig::new("ws://127.0.0.1:8765/ws");
-        ok.validate().unwrap();
-        for (config, needle) in [
-            (ClientConfig::new("http://x/ws"), "ws://"),
-            (ClientConfig::new("wss://x/ws"), "TLS"),
-            (ClientConfig::new("ws://x/ws?client_id=a"), "query"),
-            (
-                ClientConfig {
-                    client_id: Some("a b".into()),
-                    ..ok.clone()
-                },
-                "client id",
-            ),
-            (
-                ClientConfig {
-                    preferences: Some(json!([1])),
-                    ..ok.clone()
-                },
-                "object",
-            ),
-        ] {
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(needle), "{err}");
-        }
-    }
-
-    #[test]
-    fn events_keep_their_data_verbatim() {
-        let text = r#"{"type":"event","seq":3,"id":9,"event_type":"a.b","priority":"high","timestamp":5,"data":{"n":1.50,"big":123456789012345678901234},"replayed":true}"#;
-        let event: Event = serde_json::from_str(text).unwrap();
-        assert_eq!(
-            (event.seq, event.id, event.priority),
-            (3, 9, Priority::High)
-        );
-        assert!(event.replayed);
-        assert_eq!(
-            event.to_json(),
-            r#"{"seq":3,"id":9,"event_type":"a.b","priority":"high","timestamp":5,"data":{"n":1.50,"big":123456789012345678901234},"replayed":true}"#
-        );
-    }
-
-    #[test]
-    fn gaps_and_notices_read_as_status_lines() {
-        let gap = Gap {
-            first_seq: 4,
-            last_seq: 6,
-        };
-        assert_eq!(gap.to_string(), "gap: 3 events lost (seq 4-6)");
-        let retry = Notice::Retrying {
-            attempt: 2,
-            delay: Duration::from_millis(1500),
-        };
-        assert_eq!(retry.to_string(), "retrying in 1500 ms (attempt 2)");
-    }
 }
