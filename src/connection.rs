@@ -226,7 +226,7 @@ impl Write for ConnIo {
 pub enum Flushed {
     /// Everything is in the socket.
     Done,
-    /// The socket is full; the rest waits in the `WebSocket`'s buffer.
+    /// The socket is full; the rest waits in [`ConnIo`]'s output buffer.
     Blocked,
     /// The connection is gone.
     Dead,

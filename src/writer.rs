@@ -4,8 +4,10 @@
 //! A connection is queued at most once (its `queued` flag); a pool thread
 //! takes it, writes up to [`MAX_EVENTS_PER_TURN`] of its events without ever
 //! blocking, and queues it again if more are waiting, so one busy client
-//! cannot monopolise a thread. When a client's socket is full, the rest stays
-//! in tungstenite's buffer and the timer wakes the connection again after a
+//! cannot monopolise a thread. A turn's messages are framed into a buffer the
+//! thread lends the connection and leave in one `send`. When a client's
+//! socket is full, the rest stays with the connection (the buffer is then
+//! its own) and the timer wakes the connection again after a
 //! delay that doubles from [`FIRST_RETRY`] up to [`MAX_RETRY`]: a client that
 //! stopped reading costs a few cheap attempts a second, and costs the other
 //! clients nothing. See `connection.rs` for why there is no writer thread per
