@@ -18,6 +18,12 @@ use crate::pacing::{Allowance, Pacing, MAX_BATCH_EVENTS};
 use crate::protocol::{ClientType, Delivery, Preferences};
 use crate::token::TokenHash;
 
+/// The most message bytes handed to a connection at once (one writer turn
+/// or one `event_batch`): the writer frames a whole turn before sending it,
+/// so with events of up to a mebibyte a turn of hundreds would otherwise
+/// hold hundreds of them in memory at once.
+pub const MAX_TURN_BYTES: usize = 256 * 1024;
+
 /// Events an acknowledgement released. Callers drop them once the session
 /// table is unlocked: when every client acknowledges at once, dropping the
 /// last shared references of hundreds of events each, under the lock, kept
@@ -333,8 +339,8 @@ impl Session {
             Allowance::Now(n) => n.min(limit),
         };
         let items = self.take(start, allowed);
-        let left = pending - allowed;
-        let then = match self.pacing.spend(&self.preferences, allowed, left, now) {
+        let left = pending - items.len();
+        let then = match self.pacing.spend(&self.preferences, items.len(), left, now) {
             Some(at) => Then::At(at),
             None if left > 0 => Then::Continue,
             None => waiting,
@@ -346,16 +352,24 @@ impl Session {
         }
     }
 
-    /// Hands `count` events from `start` to the live connection.
+    /// Hands up to `count` events from `start` to the live connection:
+    /// fewer if their messages come to more than [`MAX_TURN_BYTES`], but
+    /// always the first.
     fn take(&mut self, start: u64, count: usize) -> Vec<(u64, Arc<Event>, bool)> {
         let offset = (start - self.first_retained_seq()) as usize;
-        let items = self
+        let mut bytes = 0;
+        let items: Vec<_> = self
             .retained
             .range(offset..offset + count)
             .zip(start..)
+            .take_while(|(event, seq)| {
+                let first = bytes == 0;
+                bytes += event.message_len(*seq, false);
+                first || bytes <= MAX_TURN_BYTES
+            })
             .map(|(event, seq)| (seq, Arc::clone(event), seq <= self.replay_until))
             .collect();
-        self.sent_seq = start + count as u64 - 1;
+        self.sent_seq = start + items.len() as u64 - 1;
         self.written_seq = self.written_seq.max(self.sent_seq);
         items
     }
@@ -569,6 +583,33 @@ mod tests {
         let due = s.take_due(Instant::now(), 10, u64::MAX);
         assert_eq!(seqs(&due), vec![4, 5]);
         assert_eq!(due.items[0].1.id, 4);
+    }
+
+    #[test]
+    fn a_turn_stops_at_its_byte_budget_but_takes_at_least_one_event() {
+        let mut s = session();
+        let live = Arc::new(LiveEvents::default());
+        let data = format!(r#"{{"event_type":"big","data":"{}"}}"#, "x".repeat(100_000));
+        let new = &parse_publish_body(&data).unwrap()[0];
+        for id in 1..=4 {
+            s.track(Arc::new(Event::new(id, id, new, &live)), 10);
+        }
+        // Two messages of about 100 kB fit in 256 KiB, a third does not.
+        let due = s.take_due(Instant::now(), 10, u64::MAX);
+        assert_eq!((seqs(&due), due.then), (vec![1, 2], Then::Continue));
+        let due = s.take_due(Instant::now(), 10, u64::MAX);
+        assert_eq!((seqs(&due), due.then), (vec![3, 4], Then::Idle));
+        let huge = format!(r#"{{"event_type":"big","data":"{}"}}"#, "x".repeat(300_000));
+        s.track(
+            Arc::new(Event::new(
+                5,
+                5,
+                &parse_publish_body(&huge).unwrap()[0],
+                &live,
+            )),
+            10,
+        );
+        assert_eq!(seqs(&s.take_due(Instant::now(), 10, u64::MAX)), vec![5]);
     }
 
     #[test]

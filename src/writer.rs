@@ -24,7 +24,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use crate::connection::{close, Conn, ConnIo, Flushed};
 use crate::event::Event;
 use crate::server::Shared;
-use crate::session::Then;
+use crate::session::{Then, MAX_TURN_BYTES};
 
 /// Events written to one connection before the pool moves to the next one.
 /// Each turn costs a session-table lock, a queue round trip and a final
@@ -151,7 +151,15 @@ pub(crate) fn run_pool_thread(shared: Arc<Shared>, work: Receiver<Arc<Conn>>, st
     loop {
         select! {
             recv(work) -> conn => match conn {
-                Ok(conn) => serve(&shared, &conn, &mut buffer),
+                Ok(conn) => {
+                    serve(&shared, &conn, &mut buffer);
+                    // A turn is at most MAX_TURN_BYTES, or one event when
+                    // that is larger (up to a mebibyte): keep no more than
+                    // common turns need.
+                    if buffer.capacity() > 2 * MAX_TURN_BYTES {
+                        buffer = Vec::new();
+                    }
+                }
                 Err(_) => return,
             },
             recv(stop) -> _ => return,
