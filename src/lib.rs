@@ -65,6 +65,7 @@ mod client_error;
 mod client_events;
 mod clock;
 pub mod config;
+mod conn_io;
 mod connection;
 mod dispatcher;
 mod error;

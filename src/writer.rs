@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::connection::{close, Conn, ConnIo, Flushed};
+use crate::conn_io::ConnIo;
+use crate::connection::{close, Conn, Flushed};
 use crate::event::Event;
 use crate::server::Shared;
 use crate::session::{Then, MAX_TURN_BYTES};

@@ -1,0 +1,220 @@
+//! The stream under a connection's tungstenite `WebSocket`: what lets one
+//! `WebSocket` be read by the connection's reader thread and written by the
+//! writer pool without any thread ever blocking on the socket while holding
+//! the connection's lock (see `connection.rs`).
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+
+use tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// tungstenite hands every frame straight to [`ConnIo`], which collects
+/// them until the next flush: a writer turn's events leave in one system
+/// call, and the buffer is the writer thread's, not the connection's.
+pub(crate) const WS_WRITE_BUFFER: usize = 0;
+/// The largest upgrade request head kept to answer a non-upgrade request.
+const MAX_RECORDED_HEAD: usize = 8 * 1024;
+
+/// The stream under a connection's `WebSocket`.
+///
+/// During the handshake it reads and writes the socket directly (with
+/// timeouts), keeping a copy of what it read so a request that is not an
+/// upgrade can still be answered. After the handshake it reads only the bytes
+/// the reader thread fed it, and collects what is written until a flush
+/// sends it without blocking; what the socket does not take waits for the
+/// next flush.
+#[derive(Debug)]
+pub struct ConnIo {
+    stream: Arc<TcpStream>,
+    /// `Some` while handshaking: where the bytes read so far are kept.
+    head: Option<Arc<Mutex<Vec<u8>>>>,
+    input: Vec<u8>,
+    input_len: usize,
+    input_pos: usize,
+    /// Framed bytes not yet sent, from `output_sent` on.
+    output: Vec<u8>,
+    output_sent: usize,
+    /// `output` is a writer thread's buffer (see [`ConnIo::lend`]).
+    lent: bool,
+}
+
+impl ConnIo {
+    /// `head` is `Some` while handshaking (see the type's documentation).
+    pub(crate) fn new(stream: Arc<TcpStream>, head: Option<Arc<Mutex<Vec<u8>>>>) -> ConnIo {
+        ConnIo {
+            stream,
+            head,
+            input: Vec::new(),
+            input_len: 0,
+            input_pos: 0,
+            output: Vec::new(),
+            output_sent: 0,
+            lent: false,
+        }
+    }
+
+    /// The handshake is over: from now on reads hand out fed bytes and
+    /// writes are collected.
+    pub(crate) fn end_handshake(&mut self) {
+        self.head = None;
+    }
+
+    /// Gives the `WebSocket` the first `len` bytes of `input` to read.
+    pub(crate) fn feed(&mut self, input: Vec<u8>, len: usize) {
+        self.input = input;
+        self.input_len = len;
+        self.input_pos = 0;
+    }
+
+    /// Takes back the buffer [`ConnIo::feed`] was given, for the next read.
+    pub(crate) fn take_input(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.input)
+    }
+
+    /// Writes go into `buffer` (empty, but with the capacity a whole writer
+    /// turn needs) until [`ConnIo::give_back`]. Only called with nothing
+    /// waiting to be sent.
+    pub(crate) fn lend(&mut self, buffer: &mut Vec<u8>) {
+        debug_assert!(self.output.is_empty());
+        self.output = std::mem::take(buffer);
+        self.lent = true;
+    }
+
+    /// Appends one text message of `len` bytes, which `fill` writes, framed
+    /// by tungstenite's own [`FrameHeader`]: event messages are built in
+    /// place in the output, instead of in a `String` that tungstenite would
+    /// then copy into its buffer and hand on to this one.
+    ///
+    /// Only for a `WebSocket` that [can write](WebSocket::can_write): then
+    /// tungstenite's own buffer is empty (`WS_WRITE_BUFFER` is 0 and writes
+    /// here never fail), so frames stay in order.
+    pub(crate) fn write_text_frame(&mut self, len: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        let header = FrameHeader {
+            opcode: OpCode::Data(OpData::Text),
+            ..FrameHeader::default()
+        };
+        header
+            .format(len as u64, &mut self.output)
+            .expect("writing to a Vec cannot fail");
+        let start = self.output.len();
+        fill(&mut self.output);
+        debug_assert_eq!(self.output.len() - start, len, "a message's length");
+    }
+
+    /// Returns the lent buffer if everything in it was sent; otherwise the
+    /// connection keeps it until its socket takes the rest.
+    pub(crate) fn give_back(&mut self, buffer: &mut Vec<u8>) {
+        if self.output.is_empty() {
+            *buffer = std::mem::take(&mut self.output);
+        }
+        self.lent = false;
+    }
+}
+
+impl Read for ConnIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(head) = &mut self.head {
+            let n = (&*self.stream).read(buf)?;
+            let mut head = head.lock().unwrap_or_else(|e| e.into_inner());
+            if head.len() < MAX_RECORDED_HEAD {
+                head.extend_from_slice(&buf[..n]);
+            }
+            return Ok(n);
+        }
+        let available = &self.input[self.input_pos..self.input_len];
+        if available.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.input_pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for ConnIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.head.is_some() {
+            return (&*self.stream).write(buf);
+        }
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    /// Sends what was written, without blocking: `WouldBlock` if the socket
+    /// is full.
+    fn flush(&mut self) -> io::Result<()> {
+        let socket = socket2::SockRef::from(&*self.stream);
+        while self.output_sent < self.output.len() {
+            let unsent = &self.output[self.output_sent..];
+            match socket.send_with_flags(unsent, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.output_sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.output_sent = 0;
+        if self.lent {
+            self.output.clear();
+        } else {
+            // An idle connection keeps no buffer: its own writes are rare
+            // and small (replies, pings), and bursts use a lent buffer.
+            self.output = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use tungstenite::{Message, WebSocket};
+
+    use crate::connection::{Conn, Flushed};
+
+    #[test]
+    fn frames_written_in_place_reach_a_websocket_client_whole() {
+        let (conn, client) = Conn::for_test(1, "c");
+        // Each length format of the header: 7-bit, 16-bit and 64-bit.
+        let texts: Vec<String> = [5, 300, 70_000].iter().map(|&n| "x".repeat(n)).collect();
+        let count = texts.len() + 1;
+        let reader = thread::spawn(move || {
+            let role = tungstenite::protocol::Role::Client;
+            let mut peer = WebSocket::from_raw_socket(client, role, None);
+            (0..count)
+                .map(|_| match peer.read().unwrap() {
+                    Message::Text(got) => got.as_str().to_string(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut ws = conn.ws();
+        let mut buffer = Vec::new();
+        ws.get_mut().lend(&mut buffer);
+        for text in &texts {
+            ws.get_mut()
+                .write_text_frame(text.len(), |out| out.extend_from_slice(text.as_bytes()));
+        }
+        // tungstenite's own messages go after them, in order.
+        let mut flushed = Conn::write_text(&mut ws, "last".into());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while flushed == Flushed::Blocked && Instant::now() < deadline {
+            thread::yield_now();
+            flushed = Conn::flush(&mut ws);
+        }
+        assert_eq!(flushed, Flushed::Done);
+        ws.get_mut().give_back(&mut buffer);
+        assert!(
+            buffer.capacity() > 70_000,
+            "the buffer comes back once sent"
+        );
+        let mut expected = texts;
+        expected.push("last".into());
+        assert_eq!(reader.join().unwrap(), expected);
+    }
+}
