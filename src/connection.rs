@@ -540,8 +540,11 @@ fn open_session(
             .reconnections_total
             .fetch_add(1, Ordering::Relaxed);
     }
+    // A shutdown that began meanwhile may have listed the connections
+    // before this one; whichever close comes first tells the client when to
+    // come back.
     if shared.is_shutting_down() {
-        conn.close(close::GOING_AWAY, "server shutting down");
+        shared.close_going_away(&conn);
     }
     match flushed {
         Flushed::Dead => conn.abort(),

@@ -13,7 +13,7 @@ use log::info;
 use crate::admin_server::AdminServer;
 use crate::clock::now_ms;
 use crate::config::{resolve, Config};
-use crate::connection::close;
+use crate::connection::{close, Conn};
 use crate::dispatcher::{self, PublishRequest, Published};
 use crate::error::{Error, Result};
 use crate::event::{LiveEvents, NewEvent};
@@ -76,6 +76,17 @@ impl Shared {
     /// Whether shutdown has begun.
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Closes `conn` because the server is going away, with the reason
+    /// `{"retry_after_ms":N}`: N is drawn from a window that grows with the
+    /// number of connections, so clients do not all come back at once.
+    pub(crate) fn close_going_away(&self, conn: &Conn) {
+        let connections = self.connections.load(Ordering::Acquire) as u64;
+        let spread = (connections * 5).clamp(1000, 30_000);
+        let retry_after_ms = RETRY_AFTER_MIN_MS + random_below(spread);
+        let reason = format!(r#"{{"retry_after_ms":{retry_after_ms}}}"#);
+        conn.close(close::GOING_AWAY, &reason);
     }
 
     /// Hands events to the dispatcher and waits for their ids (with a data
@@ -252,13 +263,8 @@ impl Server {
                 TcpStream::connect_timeout(&reachable(self.shared.ws_addr), Duration::from_secs(1));
             let _ = acceptor.join();
         }
-        let connections = self.shared.table.connections();
-        // Spread the clients' return, so they do not all come back at once.
-        let spread = (connections.len() as u64 * 5).clamp(1000, 30_000);
-        for conn in connections {
-            let retry_after_ms = RETRY_AFTER_MIN_MS + random_below(spread);
-            let reason = format!(r#"{{"retry_after_ms":{retry_after_ms}}}"#);
-            conn.close(close::GOING_AWAY, &reason);
+        for conn in self.shared.table.connections() {
+            self.shared.close_going_away(&conn);
         }
         let deadline = Instant::now() + CLOSE_GRACE;
         while self.shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {

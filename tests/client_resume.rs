@@ -148,13 +148,17 @@ fn a_server_going_away_is_left_alone_for_its_retry_after() {
         Received::Notice(Notice::Connected { .. })
     ));
     server.server.take().unwrap().shutdown();
+    let mut seen = Vec::new();
     loop {
         match client.recv().unwrap() {
             Received::Notice(Notice::Retrying { delay, .. }) => {
-                assert!(delay >= std::time::Duration::from_millis(1000), "{delay:?}");
+                assert!(
+                    delay >= std::time::Duration::from_millis(1000),
+                    "{delay:?} {seen:?}"
+                );
                 break;
             }
-            Received::Notice(_) => {}
+            Received::Notice(n) => seen.push(n),
             other => panic!("{other:?}"),
         }
     }
