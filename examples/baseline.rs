@@ -8,11 +8,12 @@
 //! listening on ADDR`, as tether prints them.
 //!
 //! It is what a careful engineer writes in an afternoon with the same
-//! crates and tether's buffer sizes and write batching: tungstenite over a `TcpListener`, one
-//! thread per connection (blocked on its queue rather than on the socket),
-//! and tiny_http taking `POST /events` with the same bodies as tether. Each
-//! event message is built once and shared by every connection; a
-//! connection's thread writes everything queued for it and flushes once.
+//! crates and tether's buffer sizes and write batching: tungstenite over a
+//! `TcpListener`, one thread per connection (blocked on its queue rather
+//! than on the socket), and tiny_http taking `POST /events` with the same
+//! bodies as tether. Each event message is built once and shared by every
+//! connection; a connection's thread writes everything queued for it and
+//! flushes once.
 //! There are no sessions, seqs per client, retention, pacing, acks, admin
 //! API or liveness checks: a client that falls behind just queues memory.
 //! Every client gets every event with `seq` = the event's id.

@@ -29,6 +29,7 @@ pub const MAX_TURN_BYTES: usize = 256 * 1024;
 /// last shared references of hundreds of events each, under the lock, kept
 /// every writer waiting for tens of milliseconds.
 pub type Released = Vec<Arc<Event>>;
+
 /// A client's session; it outlives its connections.
 #[derive(Debug)]
 pub struct Session {
