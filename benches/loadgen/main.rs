@@ -2,7 +2,8 @@
 //! starts the release `tether` binary and the bare fan-out baseline
 //! (`examples/baseline.rs`) as child processes on loopback ports, runs each
 //! scenario against them, and prints one table of medians with the ratios
-//! and the targets.
+//! and the targets. M2b also measures its floor (`floor.rs`): the same
+//! clients fed by a server that does nothing but write.
 //!
 //!     make bench        # quick: under 3 minutes on 2 cores
 //!     make bench-full   # what BENCHMARKS.md reports
@@ -21,6 +22,7 @@
 //! `--bench`, and it then only checks its own helpers.
 
 mod client;
+mod floor;
 mod scenarios;
 mod server;
 
@@ -290,7 +292,17 @@ fn run_fanout(plan: &Plan, table: &mut Table) {
 
 fn run_latency(plan: &Plan, table: &mut Table) {
     let mut samples: [Vec<scenarios::Latency>; 2] = [Vec::new(), Vec::new()];
+    let mut floors = Vec::new();
     for run in 0..plan.latency_runs() {
+        progress(&format!(
+            "M2b floor: the same load from a server that only writes (run {})",
+            run + 1
+        ));
+        floors.push(floor::latency(
+            LATENCY_CLIENTS,
+            LATENCY_RATE,
+            plan.latency_seconds,
+        ));
         for (k, kind) in kinds().into_iter().enumerate() {
             progress(&format!(
                 "M2b latency, {LATENCY_CLIENTS} clients at {LATENCY_RATE}/s for {} s, {} (run {})",
@@ -332,9 +344,20 @@ fn run_latency(plan: &Plan, table: &mut Table) {
     let errors: Vec<String> = samples
         .iter()
         .flatten()
+        .chain(&floors)
         .flat_map(|l| l.errors.iter().cloned())
         .collect();
     table.check("M2b", "clients not getting every event in order", &errors);
+    let floor = |f: fn(&scenarios::Latency) -> f64| {
+        number(median(&floors.iter().map(f).collect::<Vec<_>>()))
+    };
+    table.remarks.push(format!(
+        "M2b floor: the same clients and load, from a server that only writes \
+         prebuilt frames (one thread): p50 {} ms, p99 {} ms, max {} ms",
+        floor(|l| l.p50),
+        floor(|l| l.p99),
+        floor(|l| l.max)
+    ));
 }
 
 fn run_replay(plan: &Plan, table: &mut Table) {
@@ -457,6 +480,8 @@ struct Row {
 struct Table {
     rows: Vec<Row>,
     notes: Vec<String>,
+    /// Lines printed under the table as they are.
+    remarks: Vec<String>,
 }
 
 impl Table {
@@ -563,6 +588,9 @@ impl Table {
         }
         for note in &self.notes {
             println!("problem: {note}");
+        }
+        for remark in &self.remarks {
+            println!("{remark}");
         }
     }
 }

@@ -21,7 +21,7 @@ const ACK_EVERY: u64 = 500;
 /// connection, taking turns.
 const LATENCY_PUBLISHERS: u64 = 4;
 /// The stack of each load-generator client thread.
-const CLIENT_STACK: usize = 256 * 1024;
+pub const CLIENT_STACK: usize = 256 * 1024;
 
 /// One published item of about 200 bytes; `t` is the publish time in the
 /// harness clock (microseconds), for latency.
@@ -235,23 +235,33 @@ pub fn latency(kind: Kind, n: usize, rate: u64, seconds: u64) -> Latency {
         }
     });
     let publish_rate = events as f64 / start.elapsed().as_secs_f64();
-    let mut errors = Vec::new();
-    let mut all: Vec<u32> = Vec::new();
-    for (i, handle) in subscribers.into_iter().enumerate() {
-        let got = handle.join().expect("client thread");
-        if let Some(e) = got.error {
-            errors.push(format!("sub-{i}: {e}"));
+    Latency::gather(subscribers, publish_rate)
+}
+
+impl Latency {
+    /// Waits for the subscribers and sums up their latencies.
+    pub fn gather(
+        subscribers: Vec<thread::JoinHandle<client::Received>>,
+        publish_rate: f64,
+    ) -> Latency {
+        let mut errors = Vec::new();
+        let mut all: Vec<u32> = Vec::new();
+        for (i, handle) in subscribers.into_iter().enumerate() {
+            let got = handle.join().expect("client thread");
+            if let Some(e) = got.error {
+                errors.push(format!("subscriber {i}: {e}"));
+            }
+            all.extend(got.latencies_us);
         }
-        all.extend(got.latencies_us);
-    }
-    all.sort_unstable();
-    let ms = |q: f64| f64::from(crate::percentile(&all, q)) / 1000.0;
-    Latency {
-        p50: ms(0.50),
-        p99: ms(0.99),
-        max: ms(1.0),
-        publish_rate,
-        errors,
+        all.sort_unstable();
+        let ms = |q: f64| f64::from(crate::percentile(&all, q)) / 1000.0;
+        Latency {
+            p50: ms(0.50),
+            p99: ms(0.99),
+            max: ms(1.0),
+            publish_rate,
+            errors,
+        }
     }
 }
 
