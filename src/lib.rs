@@ -71,6 +71,7 @@ mod dispatcher;
 mod error;
 pub mod event;
 pub mod flags;
+mod handshake;
 mod heartbeat;
 mod journal;
 pub mod listen;

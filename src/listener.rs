@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use crate::connection;
+use crate::handshake;
 use crate::server::Shared;
 
 /// Connection threads may exceed `--max-connections` by this many, so that
@@ -65,7 +65,7 @@ pub(crate) fn run(shared: Arc<Shared>, listener: TcpListener) {
         let spawned = thread::Builder::new()
             .name("tether-handshake".into())
             .stack_size(HANDSHAKE_STACK_SIZE)
-            .spawn(move || connection::handshake(thread_shared, stream, remote));
+            .spawn(move || handshake::accept(thread_shared, stream, remote));
         if let Err(e) = spawned {
             shared.conn_threads.fetch_sub(1, Ordering::AcqRel);
             warn_rarely(format!(
