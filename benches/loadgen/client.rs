@@ -100,8 +100,9 @@ pub struct Received {
     pub last_seq: u64,
     /// When the last wanted event arrived.
     pub done_at: Option<Instant>,
-    /// Publish-to-receive latencies in microseconds, if asked for.
-    pub latencies_us: Vec<u32>,
+    /// (publish time in ms of the harness clock, publish-to-receive
+    /// latency in µs) of each event, if asked for.
+    pub latencies: Vec<(u32, u32)>,
     /// The first order or completeness problem.
     pub error: Option<String>,
 }
@@ -129,8 +130,8 @@ pub fn receive(ws: &mut Ws, until: u64, ack_every: Option<u64>, latency: bool) -
         got.last_seq = seq;
         if latency {
             let sent = field(text.as_str(), r#""t":"#).unwrap_or(0);
-            got.latencies_us
-                .push(now_us().saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+            let latency = now_us().saturating_sub(sent).min(u64::from(u32::MAX));
+            got.latencies.push(((sent / 1000) as u32, latency as u32));
         }
         if let Some(every) = ack_every {
             if seq % every == 0 {

@@ -3,9 +3,10 @@
 //! then one thread builds each event's frame once, as tether would send it,
 //! and rounds over the connections writing each one everything published
 //! since its last write. The subscribers are M2b's own: a thread per client
-//! running [`receive`]. No server on this machine's sockets and threads can
-//! deliver sooner, so M2b's latencies are read against it (BENCHMARKS.md,
-//! "What limits latency").
+//! running [`receive`], acknowledging every [`ACK_EVERY`] events as they do
+//! with tether (the floor never reads the acknowledgements). No server on
+//! this machine's sockets and threads can deliver sooner, so M2b's
+//! latencies are read against it (BENCHMARKS.md, "Latency").
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -17,7 +18,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 use crate::client::{self, now_us, receive};
-use crate::scenarios::{Latency, CLIENT_STACK};
+use crate::scenarios::{Latency, ACK_EVERY, CLIENT_STACK};
 
 /// The frames published so far; event `i` has seq `i + 1`.
 #[derive(Default)]
@@ -45,7 +46,7 @@ pub fn latency(n: usize, rate: u64, seconds: u64) -> Latency {
             let mut ws = client::connect(addr, &format!("client_id=floor-{i}"), false);
             thread::Builder::new()
                 .stack_size(CLIENT_STACK)
-                .spawn(move || receive(&mut ws, events, None, true))
+                .spawn(move || receive(&mut ws, events, Some(ACK_EVERY), true))
                 .expect("a client thread")
         })
         .collect();
@@ -71,7 +72,7 @@ pub fn latency(n: usize, rate: u64, seconds: u64) -> Latency {
     }
     let publish_rate = events as f64 / start.elapsed().as_secs_f64();
     writer.join().expect("writer");
-    Latency::gather(subscribers, publish_rate)
+    Latency::gather("floor", subscribers, publish_rate)
 }
 
 /// A text frame with the event message tether sends for an M2b event.

@@ -12,9 +12,10 @@
 //!
 //! `--only` takes m1 (M1 and M1b), m2, m2b, m3, m4, publish and size;
 //! `--runs` and `--fanout` override the plan and `--tether-only` skips the
-//! baseline, for profiling. With
-//! `BENCH_TETHER=PATH` another tether binary is measured (one with symbols,
-//! for perf or valgrind).
+//! baseline, for profiling. With `BENCH_TETHER=PATH` another tether binary
+//! is measured (one with symbols, for perf or valgrind); with
+//! `BENCH_SERIES=1` each M2b run also prints its p50 / p99 per 100 ms of
+//! publishing.
 //!
 //! It is a `[[bench]]` without the test harness so that `cargo bench`
 //! builds it and the `tether` binary with release settings and hands it the

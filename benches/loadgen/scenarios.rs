@@ -16,7 +16,7 @@ use crate::server::{Kind, Server};
 const THROUGHPUT_FLAGS: &[&str] = &["--max-missed-events", "100000"];
 /// Fan-out clients acknowledge this often (the contract asks for at least
 /// every `max_missed_events / 2` with the default of 1000).
-const ACK_EVERY: u64 = 500;
+pub const ACK_EVERY: u64 = 500;
 /// M2b publishes from this many threads, each over its own keep-alive
 /// connection, taking turns.
 const LATENCY_PUBLISHERS: u64 = 4;
@@ -235,24 +235,31 @@ pub fn latency(kind: Kind, n: usize, rate: u64, seconds: u64) -> Latency {
         }
     });
     let publish_rate = events as f64 / start.elapsed().as_secs_f64();
-    Latency::gather(subscribers, publish_rate)
+    Latency::gather(kind.name(), subscribers, publish_rate)
 }
 
 impl Latency {
-    /// Waits for the subscribers and sums up their latencies.
+    /// Waits for the subscribers and sums up their latencies. With
+    /// `BENCH_SERIES` set it also prints p50 / p99 per 100 ms of publishing,
+    /// which shows when in a run the slow deliveries happen.
     pub fn gather(
+        name: &str,
         subscribers: Vec<thread::JoinHandle<client::Received>>,
         publish_rate: f64,
     ) -> Latency {
         let mut errors = Vec::new();
-        let mut all: Vec<u32> = Vec::new();
+        let mut all: Vec<(u32, u32)> = Vec::new();
         for (i, handle) in subscribers.into_iter().enumerate() {
             let got = handle.join().expect("client thread");
             if let Some(e) = got.error {
                 errors.push(format!("subscriber {i}: {e}"));
             }
-            all.extend(got.latencies_us);
+            all.extend(got.latencies);
         }
+        if std::env::var_os("BENCH_SERIES").is_some() {
+            print_series(name, &mut all);
+        }
+        let mut all: Vec<u32> = all.into_iter().map(|(_, latency)| latency).collect();
         all.sort_unstable();
         let ms = |q: f64| f64::from(crate::percentile(&all, q)) / 1000.0;
         Latency {
@@ -263,6 +270,25 @@ impl Latency {
             errors,
         }
     }
+}
+
+/// Prints `start-ms:p50/p99` (ms) for each 100 ms of publish times.
+fn print_series(name: &str, samples: &mut [(u32, u32)]) {
+    samples.sort_unstable();
+    let first = samples.first().map_or(0, |s| s.0);
+    let mut line = String::new();
+    for bucket in samples.chunk_by(|a, b| (a.0 - first) / 100 == (b.0 - first) / 100) {
+        let mut latencies: Vec<u32> = bucket.iter().map(|s| s.1).collect();
+        latencies.sort_unstable();
+        let ms = |q: f64| crate::percentile(&latencies, q) / 1000;
+        line += &format!(
+            " {}:{}/{}",
+            (bucket[0].0 - first) / 100 * 100,
+            ms(0.5),
+            ms(0.99)
+        );
+    }
+    eprintln!("loadgen:   {name}, p50/p99 (ms) per 100 ms of publishing:{line}");
 }
 
 /// M3: a session away while `events` are published resumes; milliseconds
