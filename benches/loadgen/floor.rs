@@ -57,7 +57,8 @@ pub fn latency(n: usize, rate: u64, seconds: u64) -> Latency {
         thread::spawn(move || {
             let mut streams: Vec<&mut TcpStream> =
                 connections.iter_mut().map(|ws| ws.get_mut()).collect();
-            write(&log, &mut streams, events)
+            write(&log, &mut streams, events);
+            connections
         })
     };
     let start = Instant::now();
@@ -71,8 +72,13 @@ pub fn latency(n: usize, rate: u64, seconds: u64) -> Latency {
         log.grown.notify_one();
     }
     let publish_rate = events as f64 / start.elapsed().as_secs_f64();
-    writer.join().expect("writer");
-    Latency::gather("floor", subscribers, publish_rate)
+    // Closing a socket with unread acknowledgements in it resets the
+    // connection, which could cut off a client's last events: the
+    // connections stay open until every client has read everything.
+    let connections = writer.join().expect("writer");
+    let latency = Latency::gather("floor", subscribers, publish_rate);
+    drop(connections);
+    latency
 }
 
 /// A text frame with the event message tether sends for an M2b event.
