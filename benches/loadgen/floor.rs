@@ -4,9 +4,10 @@
 //! and rounds over the connections writing each one everything published
 //! since its last write. The subscribers are M2b's own: a thread per client
 //! running [`receive`], acknowledging every [`ACK_EVERY`] events as they do
-//! with tether (the floor never reads the acknowledgements). No server on
-//! this machine's sockets and threads can deliver sooner, so M2b's
-//! latencies are read against it (BENCHMARKS.md, "Latency").
+//! with tether (the floor never reads the acknowledgements). A server that
+//! does anything more has this to do too, so M2b's latencies are read
+//! against it (BENCHMARKS.md, "Latency"). One writer thread is the faster
+//! of the shapes tried: two, each with half the connections, did worse.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
