@@ -1,15 +1,17 @@
 //! The machine's floor for M2b: the same load, the same clients, and a
-//! server that does nothing but write. It accepts the WebSocket handshakes,
-//! then one thread builds each event's frame once, as tether would send it,
-//! and rounds over the connections writing each one everything published
-//! since its last write. The subscribers are M2b's own: a thread per client
+//! server that does nothing but write. It is a process of its own, as any
+//! server is (this harness run with `--floor-server`): it accepts the
+//! WebSocket handshakes, reads the events' seqs and publish times from its
+//! standard input, builds each event's frame once, as tether would send it,
+//! and one thread rounds over the connections writing each one everything
+//! published since its last write. The subscribers are M2b's own: a thread per client
 //! running [`receive`], acknowledging every [`ACK_EVERY`] events as they do
 //! with tether (the floor never reads the acknowledgements). A server that
 //! does anything more has this to do too, so M2b's latencies are read
 //! against it (BENCHMARKS.md, "Latency"). One writer thread is the faster
 //! of the shapes tried: two, each with half the connections, did worse.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -17,69 +19,89 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::WebSocket;
 
 use crate::client::{self, now_us, receive};
 use crate::scenarios::{Latency, ACK_EVERY, CLIENT_STACK};
+use crate::server::{Kind, Server};
 
-/// The frames published so far; event `i` has seq `i + 1`.
-#[derive(Default)]
-struct Log {
-    frames: Mutex<Vec<Vec<u8>>>,
-    grown: Condvar,
-}
-
-/// `n` clients; `rate` events per second for `seconds`.
+/// M2b against the floor: `n` clients; `rate` events per second for
+/// `seconds`.
 pub fn latency(n: usize, rate: u64, seconds: u64) -> Latency {
     let events = rate * seconds;
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let acceptor = thread::spawn(move || {
-        (0..n)
-            .map(|_| {
-                let (stream, _) = listener.accept().expect("accept");
-                stream.set_nodelay(true).expect("nodelay");
-                tungstenite::accept(stream).expect("handshake")
-            })
-            .collect::<Vec<_>>()
-    });
+    let mut server = Server::start(Kind::Floor, &[]);
     let subscribers: Vec<_> = (0..n)
         .map(|i| {
-            let mut ws = client::connect(addr, &format!("client_id=floor-{i}"), false);
+            let mut ws = client::connect(server.ws, &format!("client_id=floor-{i}"), false);
             thread::Builder::new()
                 .stack_size(CLIENT_STACK)
                 .spawn(move || receive(&mut ws, events, Some(ACK_EVERY), true))
                 .expect("a client thread")
         })
         .collect();
-    let mut connections = acceptor.join().expect("acceptor");
-    let log = Arc::new(Log::default());
-    let writer = {
-        let log = Arc::clone(&log);
-        thread::spawn(move || {
-            let mut streams: Vec<&mut TcpStream> =
-                connections.iter_mut().map(|ws| ws.get_mut()).collect();
-            write(&log, &mut streams, events);
-            connections
-        })
-    };
+    let mut input = server.input.take().expect("the floor's input");
     let start = Instant::now();
-    for i in 0..events {
-        let due = start + Duration::from_micros(i * 1_000_000 / rate);
+    for seq in 1..=events {
+        let due = start + Duration::from_micros((seq - 1) * 1_000_000 / rate);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
-        let frame = event_frame(i + 1, now_us());
+        let mut record = [0u8; 16];
+        record[..8].copy_from_slice(&seq.to_le_bytes());
+        record[8..].copy_from_slice(&now_us().to_le_bytes());
+        input.write_all(&record).expect("publish to the floor");
+    }
+    let publish_rate = events as f64 / start.elapsed().as_secs_f64();
+    // The floor keeps its connections open until it is killed, after every
+    // client has read everything: closing a socket with unread
+    // acknowledgements in it resets the connection, which could cut off a
+    // client's last events.
+    Latency::gather("floor", subscribers, publish_rate)
+}
+
+/// The frames published so far, in seq order from 1.
+#[derive(Default)]
+struct Log {
+    frames: Mutex<Vec<Vec<u8>>>,
+    grown: Condvar,
+}
+
+type Connections = Mutex<Vec<(WebSocket<TcpStream>, usize)>>;
+
+/// The floor server: what `--floor-server` runs. It serves until killed.
+pub fn serve() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let connections: Arc<Connections> = Arc::default();
+    let log = Arc::new(Log::default());
+    {
+        let connections = Arc::clone(&connections);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let stream = stream.expect("accept");
+                stream.set_nodelay(true).expect("nodelay");
+                let ws = tungstenite::accept(stream).expect("handshake");
+                connections.lock().unwrap().push((ws, 0));
+            }
+        });
+    }
+    {
+        let (log, connections) = (Arc::clone(&log), Arc::clone(&connections));
+        thread::spawn(move || write(&log, &connections));
+    }
+    eprintln!("websocket listening on {addr}");
+    let mut input = std::io::stdin().lock();
+    let mut record = [0u8; 16];
+    while input.read_exact(&mut record).is_ok() {
+        let seq = u64::from_le_bytes(record[..8].try_into().unwrap());
+        let t = u64::from_le_bytes(record[8..].try_into().unwrap());
+        let frame = event_frame(seq, t);
         log.frames.lock().unwrap().push(frame);
         log.grown.notify_one();
     }
-    let publish_rate = events as f64 / start.elapsed().as_secs_f64();
-    // Closing a socket with unread acknowledgements in it resets the
-    // connection, which could cut off a client's last events: the
-    // connections stay open until every client has read everything.
-    let connections = writer.join().expect("writer");
-    let latency = Latency::gather("floor", subscribers, publish_rate);
-    drop(connections);
-    latency
+    loop {
+        thread::park();
+    }
 }
 
 /// A text frame with the event message tether sends for an M2b event.
@@ -102,22 +124,20 @@ fn event_frame(seq: u64, t: u64) -> Vec<u8> {
     frame
 }
 
-/// The writer: rounds over every connection, each write carrying all the
-/// connection has not had yet, until every one has every event.
-fn write(log: &Log, streams: &mut [&mut TcpStream], events: u64) {
-    let mut sent = vec![0usize; streams.len()];
+/// The writer: whenever events are new, one round over every connection,
+/// each write carrying all that connection has not had yet.
+fn write(log: &Log, connections: &Connections) {
     let mut out = Vec::new();
+    let mut published = 0;
     loop {
         {
             let mut frames = log.frames.lock().unwrap();
-            while sent.iter().all(|&s| s == frames.len()) {
-                if frames.len() as u64 == events {
-                    return;
-                }
+            while frames.len() == published {
                 frames = log.grown.wait(frames).unwrap();
             }
+            published = frames.len();
         }
-        for (stream, sent) in streams.iter_mut().zip(&mut sent) {
+        for (ws, sent) in connections.lock().unwrap().iter_mut() {
             out.clear();
             {
                 let frames = log.frames.lock().unwrap();
@@ -127,7 +147,7 @@ fn write(log: &Log, streams: &mut [&mut TcpStream], events: u64) {
                 *sent = frames.len();
             }
             if !out.is_empty() {
-                stream.write_all(&out).expect("write");
+                ws.get_mut().write_all(&out).expect("write");
             }
         }
     }

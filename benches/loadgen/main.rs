@@ -97,6 +97,10 @@ const CUT_AFTER: Duration = Duration::from_millis(150);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--floor-server") {
+        floor::serve();
+        return;
+    }
     if !args.iter().any(|a| a == "--bench") {
         self_check();
         println!("loadgen: helpers checked; `make bench` runs the benchmark");

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,6 +36,9 @@ pub fn kill_servers_on_interrupt() {
 pub enum Kind {
     Tether,
     Baseline,
+    /// M2b's floor: this harness itself with `--floor-server`
+    /// (`floor.rs`), fed the events on its standard input.
+    Floor,
 }
 
 impl Kind {
@@ -43,6 +46,7 @@ impl Kind {
         match self {
             Kind::Tether => "tether",
             Kind::Baseline => "baseline",
+            Kind::Floor => "floor",
         }
     }
 
@@ -54,6 +58,7 @@ impl Kind {
         match self {
             Kind::Tether => std::env::var_os("BENCH_TETHER").map_or(built, PathBuf::from),
             Kind::Baseline => built.with_file_name("examples").join("baseline"),
+            Kind::Floor => std::env::current_exe().expect("the harness's own path"),
         }
     }
 }
@@ -68,7 +73,10 @@ pub struct Server {
     pub kind: Kind,
     child: Child,
     pub ws: SocketAddr,
+    /// The publish and admin address; the floor has none and is fed
+    /// through `input`.
     pub http: SocketAddr,
+    pub input: Option<ChildStdin>,
     agent: ureq::Agent,
 }
 
@@ -83,9 +91,15 @@ impl Server {
                 .args(["--admin-listen", "127.0.0.1:0", "--log-level", "info"])
                 .args(flags),
             Kind::Baseline => command.args(["127.0.0.1:0", "127.0.0.1:0"]),
+            Kind::Floor => command.arg("--floor-server"),
+        };
+        let input = if kind == Kind::Floor {
+            Stdio::piped()
+        } else {
+            Stdio::null()
         };
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(input)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -97,7 +111,7 @@ impl Server {
             });
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
         let (mut ws, mut http) = (None, None);
-        while ws.is_none() || http.is_none() {
+        while ws.is_none() || (http.is_none() && kind != Kind::Floor) {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
                 panic!("{} exited before listening", kind.name());
@@ -110,13 +124,15 @@ impl Server {
             http = http.or(addr("admin listening on "));
         }
         RUNNING.lock().unwrap().push(child.id());
+        let input = child.stdin.take();
         // Keep draining stderr so the server never blocks on a full pipe.
         thread::spawn(move || lines.for_each(drop));
         Server {
             kind,
             child,
             ws: ws.expect("seen"),
-            http: http.expect("seen"),
+            http: http.or(ws).expect("seen"),
+            input,
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(60)))
