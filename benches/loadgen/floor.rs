@@ -4,12 +4,14 @@
 //! WebSocket handshakes, reads the events' seqs and publish times from its
 //! standard input, builds each event's frame once, as tether would send it,
 //! and one thread rounds over the connections writing each one everything
-//! published since its last write. The subscribers are M2b's own: a thread per client
-//! running [`receive`], acknowledging every [`ACK_EVERY`] events as they do
-//! with tether (the floor never reads the acknowledgements). A server that
-//! does anything more has this to do too, so M2b's latencies are read
-//! against it (BENCHMARKS.md, "Latency"). One writer thread is the faster
-//! of the shapes tried: two, each with half the connections, did worse.
+//! published since its last write.
+//!
+//! The subscribers are M2b's own: a thread per client running [`receive`],
+//! acknowledging every [`ACK_EVERY`] events as they do with tether (the
+//! floor never reads the acknowledgements). A server that does anything
+//! more has these writes to make too, so M2b's latencies are read against
+//! it (BENCHMARKS.md, "Latency"). One writer thread is the faster of the
+//! shapes tried: two, each with half the connections, did worse.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
