@@ -11,11 +11,11 @@
 //!     cargo bench --bench loadgen -- --only m2 --runs 1 --fanout 1000x4000
 //!
 //! `--only` takes m1 (M1 and M1b), m2, m2b, m3, m4, publish and size;
-//! `--runs` and `--fanout` override the plan and `--tether-only` skips the
-//! baseline, for profiling. With `BENCH_TETHER=PATH` another tether binary
-//! is measured (one with symbols, for perf or valgrind); with
-//! `BENCH_SERIES=1` each M2b run also prints its p50 / p99 per 100 ms of
-//! publishing.
+//! `--runs`, `--fanout NxE` and `--latency NxR` (M2b's clients and rate)
+//! override the plan and `--tether-only` skips the baseline, for
+//! profiling. With `BENCH_TETHER=PATH` another tether binary is measured
+//! (one with symbols, for perf or valgrind); with `BENCH_SERIES=1` each M2b
+//! run also prints its p50 / p99 per 100 ms of publishing.
 //!
 //! It is a `[[bench]]` without the test harness so that `cargo bench`
 //! builds it and the `tether` binary with release settings and hands it the
@@ -41,6 +41,8 @@ struct Plan {
     runs: usize,
     /// (subscribers, events) of the two fan-out runs.
     fanout: [(usize, usize); 2],
+    /// M2b's subscribers and events per second.
+    latency: (usize, u64),
     latency_seconds: u64,
     replay_trials: usize,
     cut_trials: usize,
@@ -60,6 +62,7 @@ const QUICK: Plan = Plan {
     name: "quick",
     runs: 3,
     fanout: [(100, 5000), (1000, 1000)],
+    latency: (1000, 1000),
     latency_seconds: 3,
     replay_trials: 20,
     cut_trials: 10,
@@ -71,6 +74,7 @@ const FULL: Plan = Plan {
     name: "full",
     runs: 5,
     fanout: [(100, 20_000), (1000, 2000)],
+    latency: (1000, 1000),
     latency_seconds: 10,
     replay_trials: 20,
     cut_trials: 20,
@@ -85,9 +89,6 @@ const IDLE_CPU_WINDOW: Duration = Duration::from_secs(10);
 /// Disconnected sessions and the events each retains (M1).
 const AWAY_SESSIONS: usize = 2000;
 const AWAY_EVENTS: usize = 1000;
-/// M2b: subscribers and events per second.
-const LATENCY_CLIENTS: usize = 1000;
-const LATENCY_RATE: u64 = 1000;
 /// M3: missed events per trial.
 const REPLAY_EVENTS: usize = 1000;
 /// M4: event rate and how long the client reads before and after the cut.
@@ -125,6 +126,12 @@ fn main() {
             e.parse().expect("--fanout NxE"),
         );
         plan.fanout = [fanout; 2];
+    }
+    if let Some((n, r)) = value("--latency").and_then(|f| f.split_once('x')) {
+        plan.latency = (
+            n.parse().expect("--latency NxR"),
+            r.parse().expect("--latency NxR"),
+        );
     }
     let plan = &plan;
     let only: Option<Vec<String>> =
@@ -296,6 +303,7 @@ fn run_fanout(plan: &Plan, table: &mut Table) {
 }
 
 fn run_latency(plan: &Plan, table: &mut Table) {
+    let (clients, rate) = plan.latency;
     let mut samples: [Vec<scenarios::Latency>; 2] = [Vec::new(), Vec::new()];
     let mut floors = Vec::new();
     for run in 0..plan.latency_runs() {
@@ -303,22 +311,18 @@ fn run_latency(plan: &Plan, table: &mut Table) {
             "M2b floor: the same load from a server that only writes (run {})",
             run + 1
         ));
-        floors.push(floor::latency(
-            LATENCY_CLIENTS,
-            LATENCY_RATE,
-            plan.latency_seconds,
-        ));
+        floors.push(floor::latency(clients, rate, plan.latency_seconds));
         for (k, kind) in kinds().into_iter().enumerate() {
             progress(&format!(
-                "M2b latency, {LATENCY_CLIENTS} clients at {LATENCY_RATE}/s for {} s, {} (run {})",
+                "M2b latency, {clients} clients at {rate}/s for {} s, {} (run {})",
                 plan.latency_seconds,
                 kind.name(),
                 run + 1
             ));
             samples[k].push(scenarios::latency(
                 kind,
-                LATENCY_CLIENTS,
-                LATENCY_RATE,
+                clients,
+                rate,
                 plan.latency_seconds,
             ));
         }
@@ -340,7 +344,7 @@ fn run_latency(plan: &Plan, table: &mut Table) {
     for (name, f, target) in rows {
         table.row(
             "M2b",
-            &format!("{LATENCY_CLIENTS} clients, {LATENCY_RATE} events/s: {name}"),
+            &format!("{clients} clients, {rate} events/s: {name}"),
             stat(0, f),
             stat(1, f),
             target,
