@@ -17,14 +17,14 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::WebSocket;
 
 use crate::client::{self, now_us, receive};
-use crate::scenarios::{Latency, ACK_EVERY, CLIENT_STACK};
+use crate::scenarios::{wait_until_due, Latency, ACK_EVERY, CLIENT_STACK};
 use crate::server::{Kind, Server};
 
 /// M2b against the floor: `n` clients; `rate` events per second for
@@ -44,10 +44,7 @@ pub fn latency(n: usize, rate: u64, seconds: u64) -> Latency {
     let mut input = server.input.take().expect("the floor's input");
     let start = Instant::now();
     for seq in 1..=events {
-        let due = start + Duration::from_micros((seq - 1) * 1_000_000 / rate);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            thread::sleep(wait);
-        }
+        wait_until_due(start, seq - 1, rate);
         let mut record = [0u8; 16];
         record[..8].copy_from_slice(&seq.to_le_bytes());
         record[8..].copy_from_slice(&now_us().to_le_bytes());

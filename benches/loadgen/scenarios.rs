@@ -33,6 +33,16 @@ pub fn item(event_type: &str, t: u64, targets: Option<&str>) -> String {
     )
 }
 
+/// Sleeps until event `i` of a stream at `rate` per second from `start` is
+/// due; one that is late goes at once, so a stream that fell behind catches
+/// up.
+pub fn wait_until_due(start: Instant, i: u64, rate: u64) {
+    let due = start + Duration::from_micros(i * 1_000_000 / rate);
+    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        thread::sleep(wait);
+    }
+}
+
 /// A `POST /events` body of `n` items.
 fn array_body(n: usize) -> String {
     let items: Vec<String> = (0..n).map(|_| item("bench.tick", 0, None)).collect();
@@ -225,10 +235,7 @@ pub fn latency(kind: Kind, n: usize, rate: u64, seconds: u64) -> Latency {
             let server = &server;
             scope.spawn(move || {
                 for i in (first..events).step_by(LATENCY_PUBLISHERS as usize) {
-                    let due = start + Duration::from_micros(i * 1_000_000 / rate);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        thread::sleep(wait);
-                    }
+                    wait_until_due(start, i, rate);
                     server.publish(&item("bench.tick", now_us(), None));
                 }
             });
@@ -373,10 +380,7 @@ pub fn cut(cut: Cut, trials: usize, rate: u64, before: Duration, after: Duration
                 let start = Instant::now();
                 let mut i = 0;
                 while streaming.load(Ordering::Relaxed) {
-                    let due = start + Duration::from_micros(i * 1_000_000 / rate);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        thread::sleep(wait);
-                    }
+                    wait_until_due(start, i, rate);
                     server.publish(&item("bench.cut", now_us(), Some(&id)));
                     i += 1;
                 }
