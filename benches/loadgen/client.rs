@@ -107,12 +107,22 @@ pub struct Received {
     pub error: Option<String>,
 }
 
-/// Reads events until seq `until`, checking each is the next seq; acks
-/// every `ack_every` events (tether) and records latencies from the `t`
-/// field of the data when `latency` is set.
-pub fn receive(ws: &mut Ws, until: u64, ack_every: Option<u64>, latency: bool) -> Received {
+/// Reads `events` events, checking each is the next seq from `first_seq`
+/// (`None`: from whichever comes first, for a baseline started elsewhere,
+/// whose seqs run on from earlier runs); acks every `ack_every` events
+/// (tether) and records latencies from the `t` field of the data when
+/// `latency` is set.
+pub fn receive(
+    ws: &mut Ws,
+    events: u64,
+    first_seq: Option<u64>,
+    ack_every: Option<u64>,
+    latency: bool,
+) -> Received {
     let mut got = Received::default();
-    while got.last_seq < until {
+    let mut due = first_seq;
+    let mut last = first_seq.map(|first| first + events - 1);
+    while last.is_none_or(|last| got.last_seq < last) {
         let text = match ws.read() {
             Ok(Message::Text(text)) => text,
             Ok(Message::Close(_)) | Err(_) => {
@@ -124,9 +134,12 @@ pub fn receive(ws: &mut Ws, until: u64, ack_every: Option<u64>, latency: bool) -
         let Some(seq) = event_seq(text.as_str()) else {
             continue;
         };
-        if seq != got.last_seq + 1 && got.error.is_none() {
+        let expected = *due.get_or_insert(seq);
+        last.get_or_insert(seq + events - 1);
+        if seq != expected && got.error.is_none() {
             got.error = Some(format!("seq {seq} after {}", got.last_seq));
         }
+        due = Some(seq + 1);
         got.last_seq = seq;
         if latency {
             let sent = field(text.as_str(), r#""t":"#).unwrap_or(0);

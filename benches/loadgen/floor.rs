@@ -37,7 +37,7 @@ pub fn latency(n: usize, rate: u64, seconds: u64) -> Latency {
             let mut ws = client::connect(server.ws, &format!("client_id=floor-{i}"), false);
             thread::Builder::new()
                 .stack_size(CLIENT_STACK)
-                .spawn(move || receive(&mut ws, events, Some(ACK_EVERY), true))
+                .spawn(move || receive(&mut ws, events, Some(1), Some(ACK_EVERY), true))
                 .expect("a client thread")
         })
         .collect();

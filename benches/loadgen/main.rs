@@ -17,6 +17,11 @@
 //! (one with symbols, for perf or valgrind); with `BENCH_SERIES=1` each M2b
 //! run also prints its p50 / p99 per 100 ms of publishing.
 //!
+//! `--tether-at WS,HTTP` (and `--baseline-at WS,HTTP`) run M2b alone
+//! against servers started elsewhere, such as on another machine, so the
+//! clients do not share the server's cores; `BENCH_ADMIN_TOKEN` is then
+//! tether's admin token. BENCHMARKS.md has the commands.
+//!
 //! It is a `[[bench]]` without the test harness so that `cargo bench`
 //! builds it and the `tether` binary with release settings and hands it the
 //! binary's path; `cargo test --all-targets` also runs it, without
@@ -27,11 +32,12 @@ mod floor;
 mod scenarios;
 mod server;
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use scenarios::Cut;
-use server::Kind;
+use server::{Kind, Server};
 
 /// How much of each scenario to run.
 struct Plan {
@@ -49,6 +55,9 @@ struct Plan {
     /// (requests of 1000 events, single-event requests).
     publish_requests: (usize, usize),
     publish_runs: usize,
+    /// Servers started elsewhere: (kind, WebSocket, HTTP address). When
+    /// given, only M2b runs, against them.
+    elsewhere: Vec<(Kind, SocketAddr, SocketAddr)>,
 }
 
 impl Plan {
@@ -68,6 +77,7 @@ const QUICK: Plan = Plan {
     cut_trials: 10,
     publish_requests: (20, 1000),
     publish_runs: 1,
+    elsewhere: Vec::new(),
 };
 
 const FULL: Plan = Plan {
@@ -80,6 +90,7 @@ const FULL: Plan = Plan {
     cut_trials: 20,
     publish_requests: (100, 5000),
     publish_runs: 3,
+    elsewhere: Vec::new(),
 };
 
 /// Idle connection counts (M1) and the one idle CPU is measured at (M1b).
@@ -133,9 +144,27 @@ fn main() {
             r.parse().expect("--latency NxR"),
         );
     }
-    let plan = &plan;
-    let only: Option<Vec<String>> =
+    for (flag, kind) in [
+        ("--tether-at", Kind::Tether),
+        ("--baseline-at", Kind::Baseline),
+    ] {
+        if let Some(addrs) = value(flag) {
+            let (ws, http) = elsewhere_addresses(flag, addrs);
+            plan.elsewhere.push((kind, ws, http));
+        }
+    }
+    let mut only: Option<Vec<String>> =
         value("--only").map(|list| list.split(',').map(str::to_lowercase).collect());
+    if !plan.elsewhere.is_empty() {
+        if plan.elsewhere[0].0 != Kind::Tether {
+            exit_with("--baseline-at needs --tether-at too");
+        }
+        if only.as_ref().is_some_and(|o| o.iter().any(|n| n != "m2b")) {
+            exit_with("with servers started elsewhere only M2b runs (--only m2b)");
+        }
+        only = Some(vec!["m2b".into()]);
+    }
+    let plan = &plan;
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
 
     server::kill_servers_on_interrupt();
@@ -172,6 +201,25 @@ fn main() {
     }
     print_header(plan, started.elapsed());
     table.print();
+}
+
+/// `WS,HTTP` of `--tether-at` or `--baseline-at`: two `host:port`.
+fn elsewhere_addresses(flag: &str, value: &str) -> (SocketAddr, SocketAddr) {
+    let resolve = |addr: &str| {
+        addr.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| exit_with(&format!("{flag}: cannot resolve {addr:?}")))
+    };
+    match value.split_once(',') {
+        Some((ws, http)) => (resolve(ws), resolve(http)),
+        None => exit_with(&format!("{flag} WS,HTTP: two host:port, comma-separated")),
+    }
+}
+
+fn exit_with(message: &str) -> ! {
+    eprintln!("loadgen: {message}");
+    std::process::exit(2);
 }
 
 /// The servers measured: both, or tether alone with `--tether-only`.
@@ -306,21 +354,35 @@ fn run_latency(plan: &Plan, table: &mut Table) {
     let (clients, rate) = plan.latency;
     let mut samples: [Vec<scenarios::Latency>; 2] = [Vec::new(), Vec::new()];
     let mut floors = Vec::new();
+    let elsewhere = !plan.elsewhere.is_empty();
+    let kinds = if elsewhere {
+        plan.elsewhere.iter().map(|e| e.0).collect()
+    } else {
+        kinds()
+    };
     for run in 0..plan.latency_runs() {
-        progress(&format!(
-            "M2b floor: the same load from a server that only writes (run {})",
-            run + 1
-        ));
-        floors.push(floor::latency(clients, rate, plan.latency_seconds));
-        for (k, kind) in kinds().into_iter().enumerate() {
+        // The floor is a process on this machine; against servers elsewhere
+        // it would measure something else.
+        if !elsewhere {
+            progress(&format!(
+                "M2b floor: the same load from a server that only writes (run {})",
+                run + 1
+            ));
+            floors.push(floor::latency(clients, rate, plan.latency_seconds));
+        }
+        for (k, &kind) in kinds.iter().enumerate() {
             progress(&format!(
                 "M2b latency, {clients} clients at {rate}/s for {} s, {} (run {})",
                 plan.latency_seconds,
                 kind.name(),
                 run + 1
             ));
+            let server = match plan.elsewhere.iter().find(|e| e.0 == kind) {
+                Some(&(_, ws, http)) => Server::attach(kind, ws, http),
+                None => Server::start(kind, scenarios::THROUGHPUT_FLAGS),
+            };
             samples[k].push(scenarios::latency(
-                kind,
+                &server,
                 clients,
                 rate,
                 plan.latency_seconds,
@@ -357,6 +419,9 @@ fn run_latency(plan: &Plan, table: &mut Table) {
         .flat_map(|l| l.errors.iter().cloned())
         .collect();
     table.check("M2b", "clients not getting every event in order", &errors);
+    if elsewhere {
+        return;
+    }
     let floor = |f: fn(&scenarios::Latency) -> f64| {
         number(median(&floors.iter().map(f).collect::<Vec<_>>()))
     };
@@ -649,6 +714,12 @@ fn print_header(plan: &Plan, took: Duration) {
             ""
         }
     );
+    for (kind, ws, http) in &plan.elsewhere {
+        println!(
+            "{} started elsewhere: WebSocket {ws}, HTTP {http}; clients on this machine",
+            kind.name()
+        );
+    }
     println!(
         "medians of {} runs per server for M2, {} for M2b; ratio = tether / baseline",
         plan.runs,

@@ -3,7 +3,7 @@
 
 use std::io::ErrorKind;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use crate::server::{Kind, Server};
 
 /// tether's flags for throughput runs: the fan-out publishes far faster
 /// than clients read, so sessions must be able to retain a whole run.
-const THROUGHPUT_FLAGS: &[&str] = &["--max-missed-events", "100000"];
+pub const THROUGHPUT_FLAGS: &[&str] = &["--max-missed-events", "100000"];
 /// Fan-out clients acknowledge this often (the contract asks for at least
 /// every `max_missed_events / 2` with the default of 1000).
 pub const ACK_EVERY: u64 = 500;
@@ -152,20 +152,23 @@ pub struct Fanout {
     pub errors: Vec<String>,
 }
 
-/// Starts `n` subscriber threads reading `until` events each.
+/// Starts a subscriber thread for each of `ids`, reading `events` events.
 fn start_subscribers(
     server: &Server,
-    n: usize,
-    until: u64,
+    ids: &[String],
+    events: u64,
     latency: bool,
 ) -> Vec<thread::JoinHandle<client::Received>> {
     let ack = (server.kind == Kind::Tether).then_some(ACK_EVERY);
-    (0..n)
-        .map(|i| {
-            let (mut ws, _) = subscribe(server, &format!("sub-{i}"), false);
+    // Each tether session numbers its own events from 1; the baseline
+    // numbers all it ever published.
+    let first_seq = (server.kind == Kind::Tether || server.is_started()).then_some(1);
+    ids.iter()
+        .map(|id| {
+            let (mut ws, _) = subscribe(server, id, false);
             thread::Builder::new()
                 .stack_size(CLIENT_STACK)
-                .spawn(move || receive(&mut ws, until, ack, latency))
+                .spawn(move || receive(&mut ws, events, first_seq, ack, latency))
                 .expect("a client thread")
         })
         .collect()
@@ -175,7 +178,8 @@ fn start_subscribers(
 /// the server accepts them.
 pub fn fanout(kind: Kind, n: usize, events: usize) -> Fanout {
     let server = Server::start(kind, THROUGHPUT_FLAGS);
-    let subscribers = start_subscribers(&server, n, events as u64, false);
+    let ids: Vec<String> = (0..n).map(|i| format!("sub-{i}")).collect();
+    let subscribers = start_subscribers(&server, &ids, events as u64, false);
     let body = array_body(1000);
     let (user0, system0) = server.cpu_split();
     let start = Instant::now();
@@ -222,17 +226,24 @@ pub struct Latency {
 /// M2b: `n` subscribers; `rate` events per second for `seconds`, one event
 /// per request from [`LATENCY_PUBLISHERS`] threads, each stamped with its
 /// publish time.
-pub fn latency(kind: Kind, n: usize, rate: u64, seconds: u64) -> Latency {
-    let server = Server::start(kind, THROUGHPUT_FLAGS);
+///
+/// A server started elsewhere outlives the run, so its subscribers' ids
+/// are new to it (this process's id and a run count) and their sessions
+/// are deleted afterwards.
+pub fn latency(server: &Server, n: usize, rate: u64, seconds: u64) -> Latency {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let ids: Vec<String> = (0..n)
+        .map(|i| format!("m2b-{}-{run}-{i}", std::process::id()))
+        .collect();
     let events = rate * seconds;
-    let subscribers = start_subscribers(&server, n, events, true);
+    let subscribers = start_subscribers(server, &ids, events, true);
     let start = Instant::now();
     // Event i is due at start + i / rate. One publisher alone falls behind
     // whenever a request takes longer than 1 / rate, then catches up in a
     // burst; the baseline's reached only 425 of 1000 events/s that way.
     thread::scope(|scope| {
         for first in 0..LATENCY_PUBLISHERS {
-            let server = &server;
             scope.spawn(move || {
                 for i in (first..events).step_by(LATENCY_PUBLISHERS as usize) {
                     wait_until_due(start, i, rate);
@@ -242,7 +253,13 @@ pub fn latency(kind: Kind, n: usize, rate: u64, seconds: u64) -> Latency {
         }
     });
     let publish_rate = events as f64 / start.elapsed().as_secs_f64();
-    Latency::gather(kind.name(), subscribers, publish_rate)
+    let latency = Latency::gather(server.kind.name(), subscribers, publish_rate);
+    if !server.is_started() && server.kind == Kind::Tether {
+        for id in &ids {
+            server.request("DELETE", &format!("/reconnection/sessions/{id}"), None);
+        }
+    }
+    latency
 }
 
 impl Latency {

@@ -1,5 +1,6 @@
-//! The servers under test as child processes: starting them on free ports,
-//! reading their memory and CPU from `/proc`, talking to their HTTP side.
+//! The servers under test: child processes started on free ports, whose
+//! memory and CPU are read from `/proc`, or servers started elsewhere
+//! (`--tether-at`, `--baseline-at`) that the harness only talks to.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -68,10 +69,11 @@ pub fn tether_binary() -> PathBuf {
     Kind::Tether.program()
 }
 
-/// A running server process; dropping it kills it.
+/// A running server; dropping one this harness started kills it.
 pub struct Server {
     pub kind: Kind,
-    child: Child,
+    /// None for a server started elsewhere ([`Server::attach`]).
+    child: Option<Child>,
     pub ws: SocketAddr,
     /// The publish and admin address; the floor has none and is fed
     /// through `input`.
@@ -129,22 +131,38 @@ impl Server {
         thread::spawn(move || lines.for_each(drop));
         Server {
             kind,
-            child,
+            child: Some(child),
             ws: ws.expect("seen"),
             http: http.or(ws).expect("seen"),
             input,
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(60)))
-                // One keep-alive connection per M2b publisher.
-                .max_idle_connections_per_host(8)
-                .build()
-                .into(),
+            agent: agent(),
         }
     }
 
+    /// A server started elsewhere, perhaps on another machine, listening
+    /// on `ws` and `http`. The harness neither starts nor stops it, and
+    /// cannot read its memory or CPU.
+    pub fn attach(kind: Kind, ws: SocketAddr, http: SocketAddr) -> Server {
+        Server {
+            kind,
+            child: None,
+            ws,
+            http,
+            input: None,
+            agent: agent(),
+        }
+    }
+
+    /// Whether this harness started the server (and so has it to itself).
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child
+            .as_ref()
+            .expect("only a server this harness started has a process here")
+            .id()
     }
 
     /// Resident memory in bytes.
@@ -197,11 +215,9 @@ impl Server {
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let url = format!("http://{}{path}", self.http);
         let result = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            ("POST", Some(body)) => self
-                .agent
-                .post(&url)
+            ("GET", _) => authorized(self.agent.get(&url)).call(),
+            ("DELETE", _) => authorized(self.agent.delete(&url)).call(),
+            ("POST", Some(body)) => authorized(self.agent.post(&url))
                 .header("Content-Type", "application/json")
                 .send(body),
             _ => panic!("unsupported request {method} {path}"),
@@ -220,6 +236,9 @@ impl Server {
     /// Publishes a `POST /events` body; panics unless it is accepted.
     pub fn publish(&self, body: &str) {
         let (status, reply) = self.request("POST", "/events", Some(body));
+        if status == 401 {
+            panic!("publish refused: {reply}; set BENCH_ADMIN_TOKEN to tether's admin token");
+        }
         assert_eq!(status, 202, "publish refused: {reply}");
     }
 
@@ -238,13 +257,37 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let pid = self.child.id();
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let pid = child.id();
         RUNNING
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|&p| p != pid);
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        // One keep-alive connection per M2b publisher.
+        .max_idle_connections_per_host(8)
+        .build()
+        .into()
+}
+
+/// Adds tether's admin token from `BENCH_ADMIN_TOKEN`, which a tether
+/// listening on a public address needs; the environment rather than a
+/// flag, so the token shows in no process list.
+fn authorized<B>(request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    static TOKEN: OnceLock<Option<String>> = OnceLock::new();
+    match TOKEN.get_or_init(|| std::env::var("BENCH_ADMIN_TOKEN").ok()) {
+        Some(token) => request.header("Authorization", format!("Bearer {token}")),
+        None => request,
     }
 }
 
