@@ -53,14 +53,23 @@ pub struct Session {
     reconnect_count: u64,
     /// The live connection, if any.
     pub(crate) conn: Option<Arc<Conn>>,
-    /// The newest seq handed to the live connection.
-    sent_seq: u64,
-    /// Events up to this seq are replayed (`"replayed":true`) on the live connection.
-    replay_until: u64,
-    /// The live connection's rate limit and batch window.
-    pacing: Pacing,
+    /// Where the live connection is in the session's events. Boxed, and
+    /// only while connected: a disconnected session, kept for a day by
+    /// default, carries just the pointer.
+    sending: Option<Box<Sending>>,
     /// While the log is replayed: whether the session was connected then.
     replayed_connected: bool,
+}
+
+/// The live connection's place in its session's events.
+#[derive(Debug)]
+struct Sending {
+    /// The newest seq handed to the connection.
+    sent_seq: u64,
+    /// Events up to this seq are replayed (`"replayed":true`).
+    replay_until: u64,
+    /// The connection's rate limit and batch window.
+    pacing: Pacing,
 }
 
 /// What a session's connection should be sent now.
@@ -113,7 +122,6 @@ impl Session {
     ) -> Session {
         let preferences = Preferences::defaults_for(client_type);
         Session {
-            pacing: Pacing::new(&preferences, Instant::now()),
             client_id,
             client_type,
             token,
@@ -131,8 +139,7 @@ impl Session {
             dropped_events_total: 0,
             reconnect_count: 0,
             conn: None,
-            sent_seq: 0,
-            replay_until: 0,
+            sending: None,
             replayed_connected: false,
         }
     }
@@ -229,15 +236,25 @@ impl Session {
         self.remote_addr = Some(conn.remote);
         self.conn = Some(conn);
         self.connected_at = Some(now);
-        self.sent_seq = last_seq.max(self.first_retained_seq() - 1);
-        self.replay_until = self.current_seq;
         self.missed_events = 0;
-        self.pacing = Pacing::new(&self.preferences, Instant::now());
+        self.start_sending(last_seq);
+    }
+
+    /// Starts sending from after `last_seq` (or the oldest retained event),
+    /// replaying what is retained now, with a full rate-limit bucket.
+    fn start_sending(&mut self, last_seq: u64) {
+        self.sending = Some(Box::new(Sending {
+            sent_seq: last_seq.max(self.first_retained_seq() - 1),
+            replay_until: self.current_seq,
+            pacing: Pacing::new(&self.preferences, Instant::now()),
+        }));
     }
 
     /// Replaces the preferences; the live connection's pacing follows.
     pub fn set_preferences(&mut self, preferences: Preferences) {
-        self.pacing.reconfigure(&self.preferences, &preferences);
+        if let Some(sending) = &mut self.sending {
+            sending.pacing.reconfigure(&self.preferences, &preferences);
+        }
         self.preferences = preferences;
     }
 
@@ -267,12 +284,13 @@ impl Session {
         };
         self.attach(conn, last_seq, now);
         self.reconnect_count += 1;
+        let sent_seq = self.sending.as_ref().map_or(0, |s| s.sent_seq);
         Ok((
             replaced,
             Resumed {
                 last_seq,
                 current_seq: self.current_seq,
-                missed_events: self.current_seq - self.sent_seq,
+                missed_events: self.current_seq - sent_seq,
                 disconnected_ms,
                 reconnect_count: self.reconnect_count,
             },
@@ -285,6 +303,7 @@ impl Session {
             return false;
         }
         self.conn = None;
+        self.sending = None;
         self.disconnected_at = Some(now);
         self.missed_events = 0;
         true
@@ -295,7 +314,7 @@ impl Session {
     /// and batch window. At most `max_events` for `immediate` delivery, at
     /// most one batch's worth for `batched`. No event with an id above
     /// `durable_id` goes out: with a data directory, an event is sent only
-    /// once a crash can no longer take it back.
+    /// once a crash can no longer take it back. Nothing without a connection.
     pub fn take_due(&mut self, now: Instant, max_events: usize, durable_id: u64) -> Due {
         let as_batch = self.preferences.delivery == Delivery::Batched;
         let limit = if as_batch {
@@ -303,7 +322,20 @@ impl Session {
         } else {
             max_events
         };
-        let start = (self.sent_seq + 1).max(self.first_retained_seq());
+        let nothing = |then| Due {
+            items: Vec::new(),
+            as_batch,
+            then,
+        };
+        let Some(&Sending {
+            sent_seq,
+            replay_until,
+            ..
+        }) = self.sending.as_deref()
+        else {
+            return nothing(Then::Idle);
+        };
+        let start = (sent_seq + 1).max(self.first_retained_seq());
         // Ids grow with seqs, so the durable events are a prefix.
         let durable = self.retained.partition_point(|e| e.id <= durable_id) as u64;
         let end = self.first_retained_seq() + durable - 1;
@@ -312,18 +344,13 @@ impl Session {
         } else {
             Then::Idle
         };
-        let nothing = |then| Due {
-            items: Vec::new(),
-            as_batch,
-            then,
-        };
         if start > end {
             return nothing(waiting);
         }
-        if start <= self.replay_until {
-            let count = limit.min((self.replay_until.min(end) - start + 1) as usize);
+        if start <= replay_until {
+            let count = limit.min((replay_until.min(end) - start + 1) as usize);
             let items = self.take(start, count);
-            let then = if self.sent_seq < end {
+            let then = if start + (items.len() as u64) <= end {
                 Then::Continue
             } else {
                 waiting
@@ -335,13 +362,15 @@ impl Session {
             };
         }
         let pending = (end - start + 1) as usize;
-        let allowed = match self.pacing.allowance(&self.preferences, pending, now) {
+        let pacing = &mut self.sending.as_mut().expect("connected").pacing;
+        let allowed = match pacing.allowance(&self.preferences, pending, now) {
             Allowance::At(at) => return nothing(Then::At(at)),
             Allowance::Now(n) => n.min(limit),
         };
         let items = self.take(start, allowed);
         let left = pending - items.len();
-        let then = match self.pacing.spend(&self.preferences, items.len(), left, now) {
+        let pacing = &mut self.sending.as_mut().expect("connected").pacing;
+        let then = match pacing.spend(&self.preferences, items.len(), left, now) {
             Some(at) => Then::At(at),
             None if left > 0 => Then::Continue,
             None => waiting,
@@ -358,6 +387,11 @@ impl Session {
     /// always the first.
     fn take(&mut self, start: u64, count: usize) -> Vec<(u64, Arc<Event>, bool)> {
         let offset = (start - self.first_retained_seq()) as usize;
+        let sending = self
+            .sending
+            .as_mut()
+            .expect("only a connection is sent events");
+        let replay_until = sending.replay_until;
         let mut bytes = 0;
         let items: Vec<_> = self
             .retained
@@ -368,16 +402,18 @@ impl Session {
                 bytes += event.message_len(*seq, false);
                 first || bytes <= MAX_TURN_BYTES
             })
-            .map(|(event, seq)| (seq, Arc::clone(event), seq <= self.replay_until))
+            .map(|(event, seq)| (seq, Arc::clone(event), seq <= replay_until))
             .collect();
-        self.sent_seq = start + items.len() as u64 - 1;
-        self.written_seq = self.written_seq.max(self.sent_seq);
+        sending.sent_seq = start + items.len() as u64 - 1;
+        self.written_seq = self.written_seq.max(sending.sent_seq);
         items
     }
 
     /// Whether the live connection is still being sent its replay.
     pub fn is_replaying(&self) -> bool {
-        self.sent_seq < self.replay_until
+        self.sending
+            .as_ref()
+            .is_some_and(|s| s.sent_seq < s.replay_until)
     }
 
     /// Replays a resume from the data directory's log: the acknowledgement
@@ -456,7 +492,6 @@ impl Session {
             TokenHash::from_hex(&record.token_hash)?,
             record.created_at,
         );
-        session.pacing = Pacing::new(&record.preferences, Instant::now());
         session.preferences = record.preferences;
         session.connected_at = record.connected_at;
         session.disconnected_at = record.disconnected_at;
@@ -560,8 +595,8 @@ mod tests {
         let mut s = Session::new("c1".into(), ClientType::Cli, TokenHash::generate().1, 0);
         let mut fast = s.preferences.clone();
         fast.max_events_per_second = 10_000;
-        s.set_preferences(fast.clone());
-        s.pacing = Pacing::new(&fast, Instant::now());
+        s.set_preferences(fast);
+        s.start_sending(0);
         s
     }
 
@@ -647,6 +682,7 @@ mod tests {
     #[test]
     fn live_events_are_rate_limited_but_replay_is_not() {
         let mut s = Session::new("c2".into(), ClientType::Cli, TokenHash::generate().1, 0); // 20/s
+        s.start_sending(0);
         for e in events(50) {
             s.track(e, 100);
         }
@@ -655,8 +691,7 @@ mod tests {
         assert_eq!(due.items.len(), 20);
         assert!(matches!(due.then, Then::At(at) if at > t0));
         // Disconnect and resume from 0: all 50 are replay, unpaced.
-        s.replay_until = s.current_seq;
-        s.sent_seq = 0;
+        s.start_sending(0);
         let due = s.take_due(t0, 128, u64::MAX);
         assert_eq!(due.items.len(), 50);
         assert!(due.items.iter().all(|i| i.2));
@@ -665,6 +700,7 @@ mod tests {
     #[test]
     fn batched_sessions_wait_for_their_window() {
         let mut s = Session::new("c3".into(), ClientType::Web, TokenHash::generate().1, 0); // 10/s, 1 s
+        s.start_sending(0);
         for e in events(3) {
             s.track(e, 100);
         }
@@ -689,6 +725,15 @@ mod tests {
         assert_eq!((due.items.len(), due.then), (0, Then::Durable));
         let due = s.take_due(Instant::now(), 10, 5);
         assert_eq!((seqs(&due), due.then), (vec![4, 5], Then::Idle));
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_session_stays_small() {
+        // Most of what a disconnected session costs (issue 5: at most 512 B,
+        // measured by `make bench`); the connection's state is boxed apart.
+        let size = std::mem::size_of::<Session>();
+        assert!(size <= 280, "Session grew to {size} B");
     }
 
     #[test]
