@@ -56,6 +56,10 @@ const READ_CHUNK: usize = 1024;
 pub mod close {
     /// The server is going away (shutdown).
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame RFC 6455 forbids (unmasked, a bad opcode, a bad length).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Bad resume token, bad `last_seq`, bad `client_id` or `client_type`.
     pub const POLICY: u16 = 1008;
     /// No thread could be started for the connection.
@@ -275,6 +279,7 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
         };
         conn.last_seen.store(now_ms(), Ordering::Relaxed);
         let mut ended = false;
+        let mut close_with = None;
         let mut flushed;
         {
             let mut ws = conn.ws();
@@ -286,14 +291,9 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
                     Ok(Message::Close(_)) => ended = true,
                     Ok(_) => {}
                     Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(WsError::Capacity(e)) => {
-                        debug!("{} sent an oversized message: {e}", conn.remote);
-                        drop(ws);
-                        conn.close(close::TOO_BIG, "message too big");
-                        return;
-                    }
                     Err(e) => {
                         debug!("connection from {} ended: {e}", conn.remote);
+                        close_with = close_for(&e);
                         ended = true;
                     }
                 }
@@ -329,6 +329,9 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             }
         }
         if ended {
+            if let Some((code, reason)) = close_with {
+                conn.close(code, reason);
+            }
             return;
         }
         match flushed {
@@ -336,6 +339,17 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             Flushed::Blocked => shared.writer.retry(conn),
             Flushed::Dead => return,
         }
+    }
+}
+
+/// The close frame a read error deserves, if the socket can still take one:
+/// the client broke a rule, and the code tells it which.
+fn close_for(e: &WsError) -> Option<(u16, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((close::TOO_BIG, "message too big")),
+        WsError::Utf8(_) => Some((close::INVALID_DATA, "text message is not UTF-8")),
+        WsError::Protocol(_) => Some((close::PROTOCOL_ERROR, "protocol error")),
+        _ => None,
     }
 }
 

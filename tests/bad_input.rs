@@ -1,6 +1,7 @@
 //! Every row of the contract's bad-input table: the client gets a clear
 //! error, the connection stays open (except for oversized messages, closed
-//! with 1009), and nothing is acknowledged. Plain HTTP on the WebSocket port
+//! with 1009, and frames RFC 6455 forbids, closed with 1007 or 1002), and
+//! nothing is acknowledged. Plain HTTP on the WebSocket port
 //! gets an HTTP error, never a hang.
 
 mod common;
@@ -11,6 +12,8 @@ use std::net::TcpStream;
 use common::*;
 use serde_json::{json, Value};
 use tether::Config;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::Frame;
 use tungstenite::Message;
 
 /// Sends `text`, expects an error with `code`, then proves the connection
@@ -122,20 +125,49 @@ fn pings_are_answered_with_pongs() {
     }
 }
 
+/// A client that breaks a rule of the wire gets a close frame with `code`,
+/// and its session stays, ready to resume.
+fn closes_with_and_keeps_the_session(
+    server: &TestServer,
+    code: u16,
+    send: impl FnOnce(&mut Client),
+) {
+    let (mut client, token) = server.new_session("b4");
+    send(&mut client);
+    let (close, _) = client.recv_until_closed();
+    assert_eq!(close, Some(code));
+    server.wait_state("b4", "disconnected");
+    let mut again = server.connect(&format!("client_id=b4&resume_token={token}"));
+    assert_eq!(again.recv_json()["type"], "reconnection_sync");
+}
+
 #[test]
 fn an_oversized_message_closes_with_1009_and_keeps_the_session() {
     let server = start_with(Config {
         max_message_bytes: 1024,
         ..config()
     });
-    let (mut client, token) = server.new_session("b4");
-    let big = format!(r#"{{"type":"heartbeat","pad":"{}"}}"#, "x".repeat(2000));
-    client.send_text(&big);
-    let (close, _) = client.recv_until_closed();
-    assert_eq!(close, Some(1009));
-    server.wait_state("b4", "disconnected");
-    let mut again = server.connect(&format!("client_id=b4&resume_token={token}"));
-    assert_eq!(again.recv_json()["type"], "reconnection_sync");
+    closes_with_and_keeps_the_session(&server, 1009, |client| {
+        let big = format!(r#"{{"type":"heartbeat","pad":"{}"}}"#, "x".repeat(2000));
+        client.send_text(&big);
+    });
+}
+
+#[test]
+fn a_text_message_that_is_not_utf8_closes_with_1007() {
+    closes_with_and_keeps_the_session(&start(), 1007, |client| {
+        let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+        client.ws.send(Message::Frame(frame)).unwrap();
+    });
+}
+
+#[test]
+fn an_unmasked_frame_closes_with_1002() {
+    closes_with_and_keeps_the_session(&start(), 1002, |client| {
+        // RFC 6455 5.1: a client masks every frame; this text frame is not.
+        let mut tcp = client.tcp();
+        tcp.write_all(b"\x81\x02{}").unwrap();
+    });
 }
 
 /// Sends raw bytes to the WebSocket port and returns the HTTP response.
