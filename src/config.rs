@@ -144,6 +144,10 @@ pub const MIN_MESSAGE_BYTES: usize = 256;
 /// The largest `--max-message-bytes`: client messages are small commands.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The longest `--retention-hours`: longer is "forever" in practice, and a
+/// duration must fit the clock's arithmetic.
+pub const MAX_RETENTION_HOURS: f64 = 876_000.0;
+
 impl Config {
     /// Checks every setting and returns an error naming the flag of the first bad one.
     pub fn validate(&self) -> Result<()> {
@@ -167,8 +171,16 @@ impl Config {
         if !(self.backoff_multiplier.is_finite() && self.backoff_multiplier >= 1.0) {
             return Err(bad("--backoff-multiplier", "must be a number >= 1.0"));
         }
-        if !(self.retention_hours.is_finite() && self.retention_hours > 0.0) {
-            return Err(bad("--retention-hours", "must be a number > 0"));
+        if !(self.retention_hours > 0.0 && self.retention_hours <= MAX_RETENTION_HOURS) {
+            return Err(bad(
+                "--retention-hours",
+                &format!("must be a number > 0 and at most {MAX_RETENTION_HOURS} (100 years)"),
+            ));
+        }
+        if self.state_sync_timeout_ms == 0 {
+            // 0 would close every resume with a replay to send: no session
+            // that missed anything could ever be resumed.
+            return Err(bad("--state-sync-timeout-ms", "must be at least 1"));
         }
         if self.max_missed_events == 0 {
             return Err(bad("--max-missed-events", "must be at least 1"));

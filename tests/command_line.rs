@@ -87,6 +87,17 @@ fn bad_values_exit_2_with_one_line_naming_the_flag() {
             &[],
             "--retention-hours",
         ),
+        // Too long to be a duration: the cleanup thread once died of it.
+        (
+            &["serve", "--retention-hours", "1e300"],
+            &[],
+            "--retention-hours",
+        ),
+        (
+            &["serve", "--state-sync-timeout-ms", "0"],
+            &[],
+            "--state-sync-timeout-ms",
+        ),
         (&["serve", "--ws-listen", "nowhere"], &[], "--ws-listen"),
         (&["serve", "--frobnicate"], &[], "--frobnicate"),
         (
