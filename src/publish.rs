@@ -1,11 +1,12 @@
 //! `tether publish`: publish one event from flags, or many from stdin (one
-//! JSON event object per line, sent in batches of up to 1000), and print
-//! the id of each published event, one per line.
+//! JSON event object per line, sent in batches of up to 1000 events and
+//! 1 MiB), and print the id of each published event, one per line.
 
 use std::io::{BufRead, Write};
 
 use serde_json::{json, Value};
 
+use crate::admin::MAX_BODY_BYTES;
 use crate::admin_client::AdminClient;
 use crate::cli::UsageError;
 use crate::client_error::{ClientError, ClientResult};
@@ -48,7 +49,7 @@ pub fn help() -> String {
     flags::help(
         "Publish events through the admin API and print their ids, one per line.\n\
          With --type, one event from the flags; without it, one JSON event object per line of stdin\n\
-         (sent in batches of up to 1000). Exit code 1 with the server's message on failure, 2 on bad arguments.",
+         (sent in batches of up to 1000 events and 1 MiB). Exit code 1 with the server's message on failure, 2 on bad arguments.",
         "tether publish --admin URL [--token T] --type T [--data JSON] [--priority P] [--target ID]...\n       \
          tether publish --admin URL [--token T] < events.jsonl",
         &AdminTarget::flags(FLAGS),
@@ -200,27 +201,33 @@ pub fn publish_one(admin: &AdminTarget, event: &Value, out: &mut dyn Write) -> C
 }
 
 /// Publishes the events of `input`, one JSON object per line (blank lines
-/// skipped), in batches of up to 1000, printing each id to `out` as its
-/// batch is accepted. A bad line stops before its batch is sent.
+/// skipped), in batches that fit one request (at most 1000 events and
+/// 1 MiB of body), printing each id to `out` as its batch is accepted. A
+/// bad line stops before its batch is sent.
 ///
 /// # Errors
-/// A line that is not a JSON object (naming the line), or the server's
-/// error; the batches before it stay published.
+/// A line that is not a JSON object or is too big for any request (naming
+/// the line), or the server's error; the batches before it stay published.
 pub fn publish_lines(
     admin: &AdminTarget,
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> ClientResult<()> {
     let client = admin.client();
-    let mut batch: Vec<Value> = Vec::new();
+    // The request body being built: `[`, then the events, each followed by
+    // a comma, the last of which becomes the closing `]`.
+    let mut body = String::from("[");
+    let mut events = 0;
     let mut published = 0usize;
-    let mut send = |batch: &mut Vec<Value>| -> ClientResult<()> {
-        if batch.is_empty() {
+    let mut send = |body: &mut String, events: &mut usize| -> ClientResult<()> {
+        if *events == 0 {
             return Ok(());
         }
-        let accepted = client
-            .publish(&Value::Array(std::mem::take(batch)).to_string())
-            .map_err(|e| after(published, e))?;
+        body.pop();
+        body.push(']');
+        let request = std::mem::replace(body, String::from("["));
+        *events = 0;
+        let accepted = client.publish(&request).map_err(|e| after(published, e))?;
         for a in &accepted {
             writeln!(out, "{}", a.id)?;
         }
@@ -233,20 +240,34 @@ pub fn publish_lines(
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Value>(&line) {
-            Ok(event @ Value::Object(_)) => batch.push(event),
+        let event = match serde_json::from_str::<Value>(&line) {
+            Ok(event @ Value::Object(_)) => event.to_string(),
             _ => {
                 return Err(ClientError::Config(format!(
                     "stdin line {}: not a JSON event object",
                     i + 1
                 )))
             }
+        };
+        // `[` + the event + `]`.
+        if event.len() + 2 > MAX_BODY_BYTES {
+            return Err(ClientError::Config(format!(
+                "stdin line {}: the event is {} bytes; a request is at most {MAX_BODY_BYTES}",
+                i + 1,
+                event.len()
+            )));
         }
-        if batch.len() == MAX_EVENTS_PER_REQUEST {
-            send(&mut batch)?;
+        if body.len() + event.len() + 1 > MAX_BODY_BYTES {
+            send(&mut body, &mut events)?;
+        }
+        body.push_str(&event);
+        body.push(',');
+        events += 1;
+        if events == MAX_EVENTS_PER_REQUEST {
+            send(&mut body, &mut events)?;
         }
     }
-    send(&mut batch)
+    send(&mut body, &mut events)
 }
 
 /// Says how many events were published before an error.

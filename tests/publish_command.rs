@@ -1,7 +1,7 @@
 //! `tether publish`: one event from flags or many from stdin (in batches of
-//! up to 1000), the ids printed one per line; the server's error and exit
-//! code 1 on failure, exit code 2 on bad arguments; `--token` or
-//! `TETHER_ADMIN_TOKEN` for a server with an admin token.
+//! up to 1000 events and 1 MiB), the ids printed one per line; the server's
+//! error and exit code 1 on failure, exit code 2 on bad arguments; `--token`
+//! or `TETHER_ADMIN_TOKEN` for a server with an admin token.
 
 mod client_support;
 mod common;
@@ -66,6 +66,31 @@ fn many_events_from_stdin_in_batches_of_1000() {
     assert_eq!(ids, (1..=1500).collect::<Vec<u64>>());
     let events = client.recv_events(1500);
     assert_eq!(events[1499]["data"], 1499);
+}
+
+#[test]
+fn batches_also_stop_at_the_body_limit() {
+    let server = start();
+    // 1000 events of about 1.5 KB: 1.5 MB, over the 1 MiB a request takes.
+    let pad = "x".repeat(1500);
+    let input: String = (0..1000)
+        .map(|i| json!({"event_type": "big", "data": {"i": i, "pad": pad}}).to_string() + "\n")
+        .collect();
+    let (code, stdout, stderr) = run(&["publish", "--admin", &admin(&server)], &input);
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<u64> = stdout.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids, (1..=1000).collect::<Vec<u64>>());
+
+    // An event no request can carry is refused before anything is sent.
+    let huge = json!({"event_type": "huge", "data": "y".repeat(1 << 20)}).to_string();
+    let (code, stdout, stderr) = run(
+        &["publish", "--admin", &admin(&server)],
+        &format!("{{\"event_type\":\"ok\"}}\n{huge}\n"),
+    );
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert_eq!(server.metric("tether_events_published_total"), 1000.0);
 }
 
 #[test]
