@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::client_error::{ClientError, ClientResult};
 use crate::config::Strategy;
-use crate::protocol::{is_valid_name, ClientType};
+use crate::preferences::ClientType;
+use crate::protocol::is_valid_name;
 use crate::state_file::ResumeState;
 
 /// How a [`Client`](crate::client::Client) connects and behaves. Build it with

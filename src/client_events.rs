@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::protocol::Priority;
+use crate::preferences::Priority;
 
 /// One event, as the server sent it (the event object of contract section 4).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use crate::protocol::{is_valid_name, Priority};
+use crate::preferences::Priority;
+use crate::protocol::is_valid_name;
 
 /// The most events one `POST /events` may carry.
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;

@@ -25,7 +25,8 @@ use tungstenite::{Error as WsError, WebSocket};
 use crate::clock::now_ms;
 use crate::conn_io::{ConnIo, WS_WRITE_BUFFER};
 use crate::connection::{close, end, read_loop, Conn, Flushed};
-use crate::protocol::{ClientType, ConnectQuery, WireError};
+use crate::preferences::ClientType;
+use crate::protocol::{ConnectQuery, WireError};
 use crate::server::Shared;
 use crate::session_table::OpenRequest;
 

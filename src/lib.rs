@@ -80,6 +80,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pacing;
+pub mod preferences;
 pub mod protocol;
 pub mod publish;
 mod record;

@@ -23,7 +23,7 @@ use crate::cli::UsageError;
 use crate::client::{Client, ClientConfig, ClientError, Received};
 use crate::config::Strategy;
 use crate::flags::{self, Flag};
-use crate::protocol::is_valid_pattern;
+use crate::preferences::is_valid_pattern;
 
 /// How often the loop looks at the stop flag when nothing arrives.
 const STOP_POLL: Duration = Duration::from_millis(200);

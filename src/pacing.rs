@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Delivery, Preferences};
+use crate::preferences::{Delivery, Preferences};
 
 /// The most events in one `event_batch` message.
 pub const MAX_BATCH_EVENTS: usize = 500;
@@ -151,7 +151,7 @@ fn capacity(preferences: &Preferences) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ClientType;
+    use crate::preferences::ClientType;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

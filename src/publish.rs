@@ -12,7 +12,8 @@ use crate::cli::UsageError;
 use crate::client_error::{ClientError, ClientResult};
 use crate::event::MAX_EVENTS_PER_REQUEST;
 use crate::flags::{self, Flag};
-use crate::protocol::{is_valid_name, Priority};
+use crate::preferences::Priority;
+use crate::protocol::is_valid_name;
 
 /// The flags of every admin subcommand.
 const ADMIN_FLAGS: &[Flag] = &[

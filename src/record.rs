@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::journal;
-use crate::protocol::{ClientType, Preferences, Priority};
+use crate::preferences::{ClientType, Preferences, Priority};
 
 /// The kind byte of each record.
 pub(crate) mod kind {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::connection::Conn;
 use crate::event::Event;
 use crate::pacing::{Allowance, Pacing, MAX_BATCH_EVENTS};
-use crate::protocol::{ClientType, Delivery, Preferences};
+use crate::preferences::{ClientType, Delivery, Preferences};
 use crate::token::TokenHash;
 
 /// The most message bytes handed to a connection at once (one writer turn

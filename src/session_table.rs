@@ -15,9 +15,9 @@ use serde_json::Value;
 
 use crate::connection::Conn;
 use crate::event::{Event, LiveEvents};
+use crate::preferences::{ClientType, Priority};
 use crate::protocol::{
-    heartbeat_ack, parse_seq, preferences_updated, Announcement, ClientType, Priority, SyncSummary,
-    WireError,
+    heartbeat_ack, parse_seq, preferences_updated, Announcement, SyncSummary, WireError,
 };
 use crate::record::{self, Record};
 use crate::session::{Due, Released, Session, SessionRecord, SessionView};

@@ -19,7 +19,7 @@ use client_support::{join_incarnations, Listen, Prng};
 use common::*;
 use serde_json::{json, Value};
 use tether::client::{Client, ClientConfig, Received};
-use tether::protocol::pattern_matches;
+use tether::preferences::pattern_matches;
 use tether::{Config, Strategy};
 
 const EVENT_TYPES: &[&str] = &[
