@@ -14,15 +14,17 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::connection::Conn;
-use crate::event::{Event, LiveEvents};
+use crate::event::Event;
 use crate::preferences::{ClientType, Priority};
 use crate::protocol::{
     heartbeat_ack, parse_seq, preferences_updated, Announcement, SyncSummary, WireError,
 };
-use crate::record::{self, Record};
-use crate::session::{Due, Released, Session, SessionRecord, SessionView};
+use crate::record;
+use crate::session::{Due, Released, Session, SessionView};
 use crate::store::Store;
 use crate::token::TokenHash;
+
+mod recovery;
 
 /// What a connection asks for when it opens, beside its `client_id`.
 #[derive(Debug)]
@@ -471,97 +473,6 @@ impl SessionTable {
             .collect()
     }
 
-    /// Puts sessions read from a snapshot into the (empty) table.
-    pub(crate) fn restore(&self, restored: Vec<Session>) {
-        let mut sessions = self.lock();
-        sessions.clear();
-        for session in restored {
-            sessions.insert(Arc::clone(&session.client_id), Box::new(session));
-        }
-    }
-
-    /// Applies one record read back from the log. `next_event_id` and
-    /// `last_ts` follow what the records show. Returns `false` for a record
-    /// that cannot have been written by a sound server (recovery stops there).
-    pub(crate) fn replay(
-        &self,
-        record: Record,
-        live: &Arc<LiveEvents>,
-        next_event_id: &mut u64,
-        last_ts: &mut u64,
-    ) -> bool {
-        let mut sessions = self.lock();
-        let mut seen = |at: u64| *last_ts = (*last_ts).max(at);
-        match record {
-            Record::Created(r) => {
-                let Some(hash) = TokenHash::from_hex(&r.token_hash) else {
-                    return false;
-                };
-                seen(r.at);
-                let id: Arc<str> = r.client_id.into();
-                let mut session = Session::new(Arc::clone(&id), r.client_type, hash, r.at);
-                session.replay_create(r.at);
-                sessions.insert(id, Box::new(session));
-            }
-            Record::Resumed(r) => {
-                seen(r.at);
-                if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
-                    s.replay_resume(r.last_seq, r.at);
-                }
-            }
-            Record::Disconnected(r) => {
-                seen(r.at);
-                if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
-                    s.replay_disconnect(r.at);
-                }
-            }
-            Record::Preferences(r) => {
-                if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
-                    s.set_preferences(r.preferences);
-                }
-            }
-            Record::Deleted(r) => {
-                sessions.remove(r.client_id.as_str());
-            }
-            Record::Acked(r) => {
-                if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
-                    let _ = s.ack(r.seq);
-                }
-            }
-            Record::Event(r) => {
-                seen(r.timestamp);
-                *next_event_id = (*next_event_id).max(r.id + 1);
-                let targets = r.targets.clone();
-                let event = Arc::new(crate::store::event_from_record(r, live));
-                fan_out(
-                    &mut sessions,
-                    &event,
-                    targets.as_deref(),
-                    self.max_retained,
-                    |_| {},
-                );
-            }
-        }
-        true
-    }
-
-    /// Ends recovery: every session is disconnected, those that were
-    /// connected as of `at`.
-    pub(crate) fn finish_recovery(&self, at: u64) {
-        for session in self.lock().values_mut() {
-            session.mark_recovered(at);
-        }
-    }
-
-    /// Runs `f` and copies every session's durable state at one instant,
-    /// with the table locked (for a snapshot that matches the log exactly).
-    pub(crate) fn capture<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<Captured>) {
-        let sessions = self.lock();
-        let result = f();
-        let copied = sessions.values().map(|s| s.to_record()).collect();
-        (result, copied)
-    }
-
     /// How many sessions exist and how many are connected.
     pub fn counts(&self) -> Counts {
         let sessions = self.lock();
@@ -606,9 +517,6 @@ impl SessionTable {
         Some(serde_json::to_string(&session.view()).expect("sessions serialise"))
     }
 }
-
-/// A session's durable state and its retained events, copied for a snapshot.
-pub(crate) type Captured = (SessionRecord, Vec<Arc<Event>>);
 
 /// An event to fan out, with its `targets`.
 pub(crate) type PublishedEvent = (Arc<Event>, Option<Vec<String>>);
