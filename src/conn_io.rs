@@ -103,6 +103,11 @@ impl ConnIo {
         debug_assert_eq!(self.output.len() - start, len, "a message's length");
     }
 
+    /// Bytes written but not yet taken by the socket.
+    pub(crate) fn unsent(&self) -> usize {
+        self.output.len() - self.output_sent
+    }
+
     /// Returns the lent buffer if everything in it was sent; otherwise the
     /// connection keeps it until its socket takes the rest.
     pub(crate) fn give_back(&mut self, buffer: &mut Vec<u8>) {

@@ -52,6 +52,13 @@ use crate::server::Shared;
 /// Bytes read from the socket at a time. Client messages are small commands.
 const READ_CHUNK: usize = 1024;
 
+/// Unsent output past which a connection is cut. A writer only adds to a
+/// connection's output once it is empty, and then at most one turn (256 KiB,
+/// or one event of up to 1 MiB), so anything beyond is replies (acks of
+/// heartbeats, errors, pongs) piling up for a client that sends but does
+/// not read: without a bound, its memory would grow as fast as it sends.
+const MAX_UNSENT_BYTES: usize = 2 * 1024 * 1024;
+
 /// Close codes of the contract.
 pub mod close {
     /// The server is going away (shutdown).
@@ -281,6 +288,7 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
         let mut ended = false;
         let mut close_with = None;
         let mut flushed;
+        let mut unsent;
         {
             let mut ws = conn.ws();
             ws.get_mut().feed(std::mem::take(&mut buf), n);
@@ -304,6 +312,7 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             buf = ws.get_mut().take_input();
             // Sends the pong or close reply tungstenite may have queued.
             flushed = Conn::flush(&mut ws);
+            unsent = ws.get_ref().unsent();
         }
         // Messages read before a close frame (say, a final ack) still count.
         for message in incoming.drain(..) {
@@ -327,6 +336,14 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             if flushed != Flushed::Dead {
                 flushed = Conn::flush(&mut ws);
             }
+            unsent = ws.get_ref().unsent();
+        }
+        if unsent > MAX_UNSENT_BYTES {
+            debug!(
+                "{} sends but does not read: {unsent} bytes unsent; cutting the connection",
+                conn.remote
+            );
+            return;
         }
         if ended {
             if let Some((code, reason)) = close_with {

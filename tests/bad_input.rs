@@ -1,7 +1,8 @@
 //! Every row of the contract's bad-input table: the client gets a clear
 //! error, the connection stays open (except for oversized messages, closed
 //! with 1009, and frames RFC 6455 forbids, closed with 1007 or 1002), and
-//! nothing is acknowledged. Plain HTTP on the WebSocket port
+//! nothing is acknowledged. A client that sends but never reads is cut, and
+//! keeps its session. Plain HTTP on the WebSocket port
 //! gets an HTTP error, never a hang.
 
 mod common;
@@ -168,6 +169,25 @@ fn an_unmasked_frame_closes_with_1002() {
         let mut tcp = client.tcp();
         tcp.write_all(b"\x81\x02{}").unwrap();
     });
+}
+
+#[test]
+fn a_client_that_sends_but_never_reads_is_cut_and_keeps_its_session() {
+    let server = start();
+    let (mut client, token) = server.new_session("b5");
+    // Every heartbeat is answered and no answer is read: once the sockets'
+    // buffers are full, the answers wait in the server, which must stop
+    // taking more at a bound (2 MiB) rather than grow as fast as this sends.
+    let heartbeat = Message::text(r#"{"type":"heartbeat"}"#);
+    for sent in 1..=1_000_000 {
+        let written = client.ws.write(heartbeat.clone());
+        if written.is_err() || (sent % 1000 == 0 && client.ws.flush().is_err()) {
+            break;
+        }
+    }
+    server.wait_state("b5", "disconnected");
+    let mut again = server.connect(&format!("client_id=b5&resume_token={token}"));
+    assert_eq!(again.recv_json()["type"], "reconnection_sync");
 }
 
 /// Sends raw bytes to the WebSocket port and returns the HTTP response.
