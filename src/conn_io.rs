@@ -6,6 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -19,17 +20,18 @@ const MAX_RECORDED_HEAD: usize = 8 * 1024;
 
 /// The stream under a connection's `WebSocket`.
 ///
-/// During the handshake it reads and writes the socket directly (with
-/// timeouts), keeping a copy of what it read so a request that is not an
-/// upgrade can still be answered. After the handshake it reads only the bytes
+/// During the handshake it reads and writes the socket directly, each
+/// read and write bounded by what is left of the handshake's time, keeping
+/// a copy of what it read so a request that is not an upgrade can still be
+/// answered. After the handshake it reads only the bytes
 /// the reader thread fed it, and collects what is written until a flush
 /// sends it without blocking; what the socket does not take waits for the
 /// next flush.
 #[derive(Debug)]
 pub struct ConnIo {
     stream: Arc<TcpStream>,
-    /// `Some` while handshaking: where the bytes read so far are kept.
-    head: Option<Arc<Mutex<Vec<u8>>>>,
+    /// `Some` while handshaking.
+    handshake: Option<Handshaking>,
     input: Vec<u8>,
     input_len: usize,
     input_pos: usize,
@@ -40,12 +42,37 @@ pub struct ConnIo {
     lent: bool,
 }
 
+/// A handshake in progress.
+#[derive(Debug)]
+pub(crate) struct Handshaking {
+    /// The bytes read so far.
+    pub(crate) head: Arc<Mutex<Vec<u8>>>,
+    /// When the whole handshake must be over. A timeout per read would let
+    /// a client that sends a byte every few seconds hold its thread (and a
+    /// place under `--max-connections`) for as long as it likes.
+    pub(crate) deadline: Instant,
+}
+
+impl Handshaking {
+    /// What is left of the handshake's time; an error once it is over.
+    fn time_left(&self) -> io::Result<std::time::Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the handshake took too long",
+            ));
+        }
+        Ok(left)
+    }
+}
+
 impl ConnIo {
-    /// `head` is `Some` while handshaking (see the type's documentation).
-    pub(crate) fn new(stream: Arc<TcpStream>, head: Option<Arc<Mutex<Vec<u8>>>>) -> ConnIo {
+    /// `handshake` is `Some` while handshaking (see the type's documentation).
+    pub(crate) fn new(stream: Arc<TcpStream>, handshake: Option<Handshaking>) -> ConnIo {
         ConnIo {
             stream,
-            head,
+            handshake,
             input: Vec::new(),
             input_len: 0,
             input_pos: 0,
@@ -58,7 +85,7 @@ impl ConnIo {
     /// The handshake is over: from now on reads hand out fed bytes and
     /// writes are collected.
     pub(crate) fn end_handshake(&mut self) {
-        self.head = None;
+        self.handshake = None;
     }
 
     /// Gives the `WebSocket` the first `len` bytes of `input` to read.
@@ -120,9 +147,10 @@ impl ConnIo {
 
 impl Read for ConnIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(head) = &mut self.head {
+        if let Some(handshake) = &self.handshake {
+            self.stream.set_read_timeout(Some(handshake.time_left()?))?;
             let n = (&*self.stream).read(buf)?;
-            let mut head = head.lock().unwrap_or_else(|e| e.into_inner());
+            let mut head = handshake.head.lock().unwrap_or_else(|e| e.into_inner());
             if head.len() < MAX_RECORDED_HEAD {
                 head.extend_from_slice(&buf[..n]);
             }
@@ -141,7 +169,9 @@ impl Read for ConnIo {
 
 impl Write for ConnIo {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.head.is_some() {
+        if let Some(handshake) = &self.handshake {
+            self.stream
+                .set_write_timeout(Some(handshake.time_left()?))?;
             return (&*self.stream).write(buf);
         }
         self.output.extend_from_slice(buf);

@@ -12,7 +12,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -23,14 +23,14 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, WebSocket};
 
 use crate::clock::now_ms;
-use crate::conn_io::{ConnIo, WS_WRITE_BUFFER};
+use crate::conn_io::{ConnIo, Handshaking, WS_WRITE_BUFFER};
 use crate::connection::{close, end, read_loop, Conn, Flushed};
 use crate::preferences::ClientType;
 use crate::protocol::{ConnectQuery, WireError};
 use crate::server::Shared;
 use crate::session_table::OpenRequest;
 
-/// How long a client may take to send its upgrade request.
+/// How long a client may take over its whole upgrade request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// tungstenite's own input buffer; its default of 128 KiB per connection is
 /// what a proxy moving bulk data wants, not a server of small messages.
@@ -124,7 +124,11 @@ pub(crate) fn accept(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr)
         Ok(resp)
     };
     let head = Arc::new(Mutex::new(Vec::new()));
-    let io = ConnIo::new(Arc::clone(&stream), Some(Arc::clone(&head)));
+    let handshaking = Handshaking {
+        head: Arc::clone(&head),
+        deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+    };
+    let io = ConnIo::new(Arc::clone(&stream), Some(handshaking));
     let result = match tungstenite::accept_hdr_with_config(io, callback, Some(config)) {
         Ok(ws) => Ok(ws),
         Err(HandshakeError::Failure(e)) => Err(Some(e)),

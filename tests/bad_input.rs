@@ -9,6 +9,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -249,4 +251,42 @@ fn upgrades_over_max_connections_get_503() {
             .contains("tether_websocket_connections 1\n")
     });
     let (_c, _) = server.new_session("m3");
+}
+
+#[test]
+fn an_upgrade_request_sent_a_byte_at_a_time_is_cut_after_10_s() {
+    let server = start();
+    let mut stream = TcpStream::connect(server.ws).unwrap();
+    // Longer than the handshake timeout, so only the server can end this.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    let mut dripping = stream.try_clone().unwrap();
+    // A byte every 500 ms, and an endless header: every read is answered well
+    // inside any per-read timeout, but the request never ends.
+    thread::spawn(move || {
+        let head = b"GET /ws?client_id=drip HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+        for &byte in head.iter().chain(std::iter::repeat(&b'a')) {
+            if dripping.write_all(&[byte]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let mut buf = [0u8; 256];
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let took = started.elapsed();
+    assert!(ended, "the server never ended the handshake ({took:?})");
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(20)).contains(&took),
+        "ended after {took:?}, not at the 10 s handshake timeout"
+    );
 }
