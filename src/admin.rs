@@ -78,6 +78,15 @@ impl Reply {
         )
     }
 
+    /// The answer to a request over the admin API's cap on requests in flight.
+    pub(crate) fn busy(max: usize) -> Reply {
+        Reply::error(
+            503,
+            "too_many_requests",
+            &format!("the admin API is handling {max} requests already; retry later"),
+        )
+    }
+
     fn method_not_allowed(allow: &'static str) -> Reply {
         let mut reply = Reply::error(
             405,

@@ -13,6 +13,21 @@
 //! Either way a handler replaces the tiny_http server, retrying while
 //! descriptors are short, and the admin API answers again as soon as they
 //! free up. Nothing polls: handlers block in `recv()` until then.
+//!
+//! Handling a request means blocking socket I/O (reading the body past the
+//! 1 KiB tiny_http prefetches, writing the answer) that tiny_http 0.12 gives
+//! no timeout for and no way to interrupt. So the handlers never touch a
+//! socket: each request gets a thread of its own, up to [`MAX_IN_FLIGHT`],
+//! and a stalled client holds only its own thread. Beyond the cap a request
+//! is answered 503, still not by a handler, since even a small answer can
+//! block: behind an earlier answer on the same keep-alive connection, and,
+//! when part of the body is still unread, in tiny_http reading and
+//! discarding it as the request is dropped. Requests whose body is all in
+//! memory are refused by one refusing thread; one with a body still to come
+//! gets a thread of its own even beyond the cap. Those threads are bounded
+//! anyway: tiny_http reads nothing more from a connection until the body is
+//! read, so there is at most one per open connection, as there is one
+//! tiny_http thread per open connection already.
 
 use std::io::{self, Read};
 use std::net::TcpListener;
@@ -22,14 +37,40 @@ use std::sync::{Arc, Mutex, Once, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
 
-use crate::admin::{route, AdminRequest, BodyError, MAX_BODY_BYTES};
+use crate::admin::{route, AdminRequest, BodyError, Reply, MAX_BODY_BYTES};
 use crate::error::{Error, Result};
 use crate::server::Shared;
 
-/// Threads taking requests from tiny_http.
+mod in_flight;
+
+use in_flight::InFlight;
+
+/// Threads taking requests from tiny_http and handing them on.
 const HANDLER_THREADS: usize = 2;
+
+/// Admin requests handled at once; more are answered 503.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Enough for routing a request and parsing a 1 MiB body (serde_json stops
+/// at 128 levels of nesting); a few pages of it are ever touched.
+const REQUEST_STACK_SIZE: usize = 256 * 1024;
+
+/// How long a stop waits for requests in flight before leaving them
+/// behind, blocked in I/O, for the process exit to end.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long one write of an answer may block. Linux copies a listening
+/// socket's `SO_SNDTIMEO` to each socket it accepts, and tiny_http leaves
+/// it alone, so an answer to a client that stops reading fails in the end
+/// and frees its slot: not after 10 s, since a write that got a few bytes
+/// into the socket returns and the next one waits again (about 45 s for a
+/// 5 MB listing, measured), but not never. There is no such bound for
+/// reading: `SO_RCVTIMEO` on the listener would also time out `accept()`,
+/// which ends tiny_http's accept thread.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One admin listener and the tiny_http server currently serving it.
 struct Supervisor {
@@ -50,10 +91,19 @@ impl Supervisor {
 static SUPERVISORS: Mutex<Vec<Weak<Supervisor>>> = Mutex::new(Vec::new());
 static HOOK: Once = Once::new();
 
+/// Where the handlers send what they take from tiny_http.
+#[derive(Clone)]
+struct Dispatch {
+    shared: Arc<Shared>,
+    in_flight: Arc<InFlight>,
+    refusals: Sender<tiny_http::Request>,
+}
+
 /// The running admin listener and its handler threads.
 pub(crate) struct AdminServer {
     supervisor: Arc<Supervisor>,
     handlers: Vec<JoinHandle<()>>,
+    in_flight: Arc<InFlight>,
 }
 
 impl std::fmt::Debug for AdminServer {
@@ -68,6 +118,7 @@ impl AdminServer {
     /// Serves the admin API on `listener` until [`AdminServer::stop`].
     pub(crate) fn start(shared: &Arc<Shared>, listener: TcpListener) -> Result<AdminServer> {
         HOOK.call_once(install_panic_hook);
+        socket2::SockRef::from(&listener).set_write_timeout(Some(WRITE_TIMEOUT))?;
         let supervisor = Arc::new(Supervisor {
             current: Mutex::new(Arc::new(serve_on(&listener)?)),
             listener,
@@ -78,23 +129,37 @@ impl AdminServer {
             all.retain(|s| s.strong_count() > 0);
             all.push(Arc::downgrade(&supervisor));
         }
+        let (refusals, refused) = crossbeam_channel::unbounded();
+        thread::Builder::new()
+            .name("tether-admin-refuse".into())
+            .stack_size(REQUEST_STACK_SIZE)
+            .spawn(move || refuse_loop(&refused))
+            .map_err(Error::Thread)?;
+        let dispatch = Dispatch {
+            shared: Arc::clone(shared),
+            in_flight: InFlight::new(MAX_IN_FLIGHT),
+            refusals,
+        };
         let mut handlers = Vec::new();
         for i in 0..HANDLER_THREADS {
-            let (shared, supervisor) = (Arc::clone(shared), Arc::clone(&supervisor));
+            let (dispatch, supervisor) = (dispatch.clone(), Arc::clone(&supervisor));
             let handle = thread::Builder::new()
                 .name(format!("tether-admin-{i}"))
-                .spawn(move || handler_loop(&shared, &supervisor))
+                .spawn(move || handler_loop(&dispatch, &supervisor))
                 .map_err(Error::Thread)?;
             handlers.push(handle);
         }
         Ok(AdminServer {
             supervisor,
             handlers,
+            in_flight: dispatch.in_flight,
         })
     }
 
-    /// Stops the handlers and closes the listener. The caller has set the
-    /// shutting-down flag, so handlers exit when unblocked.
+    /// Stops the handlers, waits up to [`STOP_GRACE`] for the requests in
+    /// flight and closes the listener. The caller has set the shutting-down
+    /// flag, so handlers exit when unblocked. The refusing thread ends once
+    /// the handlers are gone, or with the process.
     pub(crate) fn stop(self) {
         let server = self.supervisor.current();
         for _ in 0..self.handlers.len() {
@@ -102,6 +167,10 @@ impl AdminServer {
         }
         for handle in self.handlers {
             let _ = handle.join();
+        }
+        let left = self.in_flight.wait_idle(STOP_GRACE);
+        if left > 0 {
+            warn!("admin API: {left} requests still blocked in socket I/O; not waiting for them");
         }
     }
 }
@@ -148,14 +217,15 @@ fn panic_message(info: &PanicHookInfo<'_>) -> String {
     text.lines().next().unwrap_or("").to_string()
 }
 
-fn handler_loop(shared: &Arc<Shared>, supervisor: &Supervisor) {
+fn handler_loop(dispatch: &Dispatch, supervisor: &Supervisor) {
+    let shared = &dispatch.shared;
     loop {
         if shared.is_shutting_down() {
             return;
         }
         let server = supervisor.current();
         match server.recv() {
-            Ok(request) => handle(shared, request),
+            Ok(request) => hand_on(dispatch, request),
             Err(e) if e.kind() == io::ErrorKind::Other && e.to_string() == "thread unblocked" => {
                 if supervisor.suspect.swap(false, Ordering::AcqRel) {
                     restart(shared, supervisor, &server);
@@ -204,6 +274,60 @@ fn restart(shared: &Shared, supervisor: &Supervisor, old: &Arc<tiny_http::Server
     }
 }
 
+/// Starts a thread for `request`, or hands it to the refusing thread when
+/// it is over the cap with nothing left to read, or no thread can start.
+fn hand_on(dispatch: &Dispatch, request: tiny_http::Request) {
+    let slot = dispatch.in_flight.enter();
+    if slot.is_none() && !body_pending(&request) {
+        let _ = dispatch.refusals.send(request);
+        return;
+    }
+    // The request goes over a channel rather than into the closure, so a
+    // failed spawn does not drop it here, which could block.
+    let (give, take) = crossbeam_channel::bounded(1);
+    let shared = Arc::clone(&dispatch.shared);
+    let spawned = thread::Builder::new()
+        .name("tether-admin-request".into())
+        .stack_size(REQUEST_STACK_SIZE)
+        .spawn(move || {
+            let Ok(request) = take.recv() else { return };
+            match slot {
+                Some(_slot) => handle(&shared, request),
+                None => refuse(request),
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = give.send(request);
+        }
+        Err(e) => {
+            warn!("admin API: cannot start a request thread ({e}); answering 503");
+            let _ = dispatch.refusals.send(request);
+        }
+    }
+}
+
+/// Whether tiny_http has yet to read part of the body from the socket: it
+/// reads a body of up to 1 KiB with the head, unless the client waits for
+/// `100 Continue`. A chunked body is never read on drop.
+fn body_pending(request: &tiny_http::Request) -> bool {
+    let expects_continue =
+        header(request, "Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    request
+        .body_length()
+        .is_some_and(|n| n > 1024 || (n > 0 && expects_continue))
+}
+
+fn refuse(request: tiny_http::Request) {
+    respond(request, Reply::busy(MAX_IN_FLIGHT), true);
+}
+
+fn refuse_loop(refused: &Receiver<tiny_http::Request>) {
+    for request in refused {
+        refuse(request);
+    }
+}
+
 fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let method = request.method().as_str().to_string();
     let url = request.url().to_string();
@@ -229,6 +353,11 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
         url.split('?').next().unwrap_or(""),
         reply.status
     );
+    // The unread rest of the body must not be taken for the next request.
+    respond(request, reply, too_large);
+}
+
+fn respond(request: tiny_http::Request, reply: Reply, close: bool) {
     let header =
         |name: &str, value: &str| tiny_http::Header::from_bytes(name, value).expect("valid header");
     let mut response = tiny_http::Response::from_string(reply.body)
@@ -237,8 +366,7 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     if let Some(allow) = reply.allow {
         response.add_header(header("Allow", allow));
     }
-    if too_large {
-        // The unread rest of the body must not be taken for the next request.
+    if close {
         response.add_header(header("Connection", "close"));
     }
     if let Err(e) = request.respond(response) {
