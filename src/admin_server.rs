@@ -58,6 +58,14 @@ const MAX_IN_FLIGHT: usize = 64;
 /// at 128 levels of nesting); a few pages of it are ever touched.
 const REQUEST_STACK_SIZE: usize = 256 * 1024;
 
+/// Declared bodies longer than this are never left for tiny_http to drain.
+/// It drains an unread body as the request is dropped, into a buffer as
+/// long as the declared remainder (tiny-http #290), so one request declaring
+/// terabytes (answered 401 or 413 without being read) aborted the process
+/// on that allocation. Up to this size the buffer is zeroed pages that the
+/// kernel only backs as they are written.
+const MAX_DRAINED_BODY: usize = 64 * 1024 * 1024;
+
 /// How long a stop waits for requests in flight before leaving them
 /// behind, blocked in I/O, for the process exit to end.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -368,6 +376,15 @@ fn respond(request: tiny_http::Request, reply: Reply, close: bool) {
     }
     if close {
         response.add_header(header("Connection", "close"));
+    }
+    if request.body_length().is_some_and(|n| n > MAX_DRAINED_BODY) {
+        // `upgrade` answers and hands over the body reader without dropping
+        // it; it is then leaked, with the connection's socket and tiny_http's
+        // thread for it, since dropping it is what aborts. Only a client
+        // declaring such a body, which is refused anyway, costs that.
+        debug!("admin request declaring a body over {MAX_DRAINED_BODY} bytes; its connection is left open");
+        std::mem::forget(request.upgrade("none", response));
+        return;
     }
     if let Err(e) = request.respond(response) {
         debug!("admin response not sent: {e}");

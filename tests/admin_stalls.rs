@@ -101,3 +101,24 @@ fn sigterm_ends_a_server_with_a_stalled_admin_request() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_body_declared_terabytes_long_is_refused_and_the_server_lives_on() {
+    let server = Process::start(&["--admin-token", "s3cret"], &[]);
+    // Unauthenticated, and refused before the body is read: tiny_http then
+    // drained the body into a buffer of its declared size, and that
+    // allocation aborted the process.
+    for (auth, status) in [("", "401"), ("Authorization: Bearer s3cret\r\n", "413")] {
+        let mut stream = TcpStream::connect(server.admin).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let request = format!(
+            "POST /events HTTP/1.1\r\nHost: tether\r\n{auth}\
+             Content-Length: 100000000000000\r\n\r\n{{\"event_type\":\"x\"}}"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(String::from_utf8_lossy(&head), format!("HTTP/1.1 {status}"));
+        assert_eq!(server.get("/health")["status"], "ok", "{}", server.log());
+    }
+}
