@@ -273,7 +273,7 @@ fn restart(shared: &Shared, supervisor: &Supervisor, old: &Arc<tiny_http::Server
                 return;
             }
             Err(e) => {
-                if failures % 50 == 0 {
+                if failures.is_multiple_of(50) {
                     warn!("admin API restart failed: {e}; retrying");
                 }
                 failures += 1;

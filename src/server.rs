@@ -280,6 +280,7 @@ impl Server {
         if let (Some(store), Some(storer)) = (&self.shared.store, self.storer.take()) {
             store.stop();
             let _ = storer.join();
+            store.release_lock();
         }
     }
 }

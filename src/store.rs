@@ -32,7 +32,7 @@
 //! at most two snapshots and the segments since the older one.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
+use std::fs::{self, File, TryLockError};
 use std::io::{self, Write};
 use std::mem;
 use std::path::{Path, PathBuf};
@@ -56,6 +56,8 @@ use crate::session_table::SessionTable;
 /// A log segment this large is closed and followed by a snapshot.
 pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 const SNAPSHOT_VERSION: u32 = 1;
+/// The file a running server holds locked, so only one uses the directory.
+const LOCK_FILE: &str = "LOCK";
 
 /// The data directory's writer.
 #[derive(Debug)]
@@ -71,6 +73,9 @@ pub(crate) struct Store {
     durable_lsn: AtomicU64,
     durable_event_id: AtomicU64,
     failed: AtomicBool,
+    /// The open `LOCK` file whose exclusive lock is the directory's, held
+    /// until the server has stopped writing.
+    lock: Mutex<Option<File>>,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +197,12 @@ impl Store {
         self.durable.notify_all();
     }
 
+    /// Gives the directory up, once the store thread has written its last
+    /// byte, so a server started next in the same process can take it.
+    pub(crate) fn release_lock(&self) {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     /// Everything up to `lsn` and `event_id` is durable: answer publishers,
     /// wake writers and waiting threads.
     fn mark_durable(&self, lsn: u64, event_id: u64, shared: &Shared) {
@@ -235,8 +246,8 @@ impl Store {
 /// it and returns the store, ready for its thread.
 ///
 /// # Errors
-/// The directory cannot be created or read, or no snapshot is readable and
-/// the log does not go back to the beginning.
+/// The directory cannot be created or read, another server holds its lock,
+/// or no snapshot is readable and the log does not go back to the beginning.
 pub(crate) fn open(
     dir: &Path,
     fsync_interval_ms: u64,
@@ -244,6 +255,9 @@ pub(crate) fn open(
     live: &Arc<LiveEvents>,
 ) -> io::Result<(Arc<Store>, Recovery)> {
     create_dir(dir)?;
+    // Before anything is read: recovery cuts torn tails and a snapshot
+    // deletes old segments, which would destroy a running server's log.
+    let lock = lock_dir(dir)?;
     let started = Instant::now();
     let recovery = recover(dir, table, live)?;
     let counts = table.counts();
@@ -271,6 +285,7 @@ pub(crate) fn open(
         durable_lsn: AtomicU64::new(0),
         durable_event_id: AtomicU64::new(last_event_id),
         failed: AtomicBool::new(false),
+        lock: Mutex::new(Some(lock)),
     };
     Ok((Arc::new(store), recovery))
 }
@@ -281,6 +296,47 @@ fn create_dir(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// Takes the exclusive lock on `dir`'s `LOCK` file and writes our pid into
+/// it, for the refusal a second server prints. The lock goes with the
+/// process, however it dies, so a crash leaves nothing to clean up.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    // Not truncated on open: until we hold the lock the pid is the holder's.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path)
+                .ok()
+                .and_then(|pid| pid.trim().parse::<u32>().ok())
+                .map_or(String::new(), |pid| format!(" (pid {pid})"));
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "another tether{holder} is using this directory; \
+                     stop it or choose another directory"
+                ),
+            ));
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot lock {}: {e}", path.display()),
+            ))
+        }
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 fn recover(dir: &Path, table: &SessionTable, live: &Arc<LiveEvents>) -> io::Result<Recovery> {

@@ -119,7 +119,7 @@ fn publish_until_dead(
             (0..size)
                 .map(|_| {
                     *n += 1;
-                    let t = if *n % 3 == 0 { "b.x" } else { "a.x" };
+                    let t = if n.is_multiple_of(3) { "b.x" } else { "a.x" };
                     (json!({"event_type": t, "data": *n}), t.to_string())
                 })
                 .unzip()

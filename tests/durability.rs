@@ -1,13 +1,15 @@
 //! --data-dir: sessions, preferences, seqs and retained events survive a
 //! restart; a log cut or damaged anywhere recovers to a valid prefix; a
 //! damaged snapshot falls back to the previous one; expired data leaves the
-//! disk; the directory stays bounded. (Crashes: `crash.rs`.)
+//! disk; the directory stays bounded; a second server on the same directory
+//! refuses to start. (Crashes: `crash.rs`.)
 
 mod common;
 
 use std::fs;
 use std::path::Path;
 
+use common::process::{run_to_exit, tether, Process};
 use common::*;
 use serde_json::{json, Value};
 use tether::Config;
@@ -352,7 +354,12 @@ fn the_directory_stays_bounded_across_restarts() {
         });
         drop(c);
         stop(server);
-        let files = dir.contents();
+        // LOCK (a few bytes, the same file every time) on top of the bound.
+        let files: Vec<_> = dir
+            .contents()
+            .into_iter()
+            .filter(|(name, _)| name != "LOCK")
+            .collect();
         assert!(
             files.len() <= 5,
             "round {round}: {:?}",
@@ -363,4 +370,58 @@ fn the_directory_stays_bounded_across_restarts() {
     // Each round's events are acknowledged and its session deleted in the
     // next, so the directory does not grow with the rounds.
     assert!(sizes[5] < sizes[2] * 2, "{sizes:?}");
+}
+
+/// Publishes `n` events through `server`'s admin API; they must be accepted.
+fn publish_to(server: &Process, n: usize) {
+    let events: Vec<Value> = (0..n)
+        .map(|i| json!({"event_type": "e", "data": i}))
+        .collect();
+    let (status, body) = server.post("/events", &Value::Array(events).to_string());
+    assert_eq!(status, 202, "{body}");
+}
+
+#[test]
+fn a_second_server_on_a_directory_in_use_refuses_to_start_and_the_first_loses_nothing() {
+    let dir = TempDir::new("two-servers");
+    let data = dir.path().to_str().unwrap().to_string();
+    let mut first = Process::start(&["--data-dir", &data, "--no-heartbeat"], &[]);
+    let mut client = Client::connect(&first.url("client_id=d&client_type=cli"));
+    assert_eq!(client.recv_json()["type"], "connection_established");
+    client.close();
+    publish_to(&first, 100);
+    let before = dir.contents();
+
+    let mut second = tether();
+    second.args([
+        "serve",
+        "--ws-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+    ]);
+    let (code, stderr) = run_to_exit(second);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("tether:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains(&format!("--data-dir {data}")) && lines[0].contains("another tether"),
+        "{stderr}"
+    );
+    assert_eq!(
+        dir.contents(),
+        before,
+        "the refused server touched the directory"
+    );
+
+    // The first goes on: everything it accepted survives its crash.
+    publish_to(&first, 200);
+    first.kill();
+    let restarted = Process::start(&["--data-dir", &data, "--no-heartbeat"], &[]);
+    assert_eq!(
+        restarted.get("/reconnection/sessions/d")["current_seq"],
+        300
+    );
 }

@@ -102,6 +102,22 @@ impl Process {
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
     }
 
+    /// POSTs `body` to the admin API: the status and the JSON answer,
+    /// whatever the status.
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(TIMEOUT))
+            .build()
+            .into();
+        let mut resp = agent
+            .post(&format!("http://{}{path}", self.admin))
+            .send(body)
+            .unwrap();
+        let text = resp.body_mut().read_to_string().unwrap();
+        (resp.status().as_u16(), serde_json::from_str(&text).unwrap())
+    }
+
     pub fn url(&self, query: &str) -> String {
         format!("ws://{}/ws?{query}", self.ws)
     }
@@ -134,6 +150,31 @@ impl Process {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+}
+
+/// Runs `cmd` to its exit: the exit code and stderr. A command still running
+/// after [`TIMEOUT`] is killed and fails the test.
+pub fn run_to_exit(mut cmd: Command) -> (i32, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} was still running after {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code().expect("exited, not killed"), stderr)
 }
 
 impl Drop for Process {
