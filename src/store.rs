@@ -58,6 +58,8 @@ pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 const SNAPSHOT_VERSION: u32 = 1;
 /// The file a running server holds locked, so only one uses the directory.
 const LOCK_FILE: &str = "LOCK";
+/// How long a held lock is retried before the start is refused.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// The data directory's writer.
 #[derive(Debug)]
@@ -312,7 +314,17 @@ fn lock_dir(dir: &Path) -> io::Result<File> {
         .truncate(false)
         .mode(0o600)
         .open(&path)?;
-    match file.try_lock() {
+    // A child process forked by any thread of this process holds a copy of
+    // every descriptor until it execs, LOCK's included: a server restarted
+    // in a process that also spawns children can find the lock its
+    // predecessor released still held for a moment.
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut locked = file.try_lock();
+    while matches!(locked, Err(TryLockError::WouldBlock)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        locked = file.try_lock();
+    }
+    match locked {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
             let holder = fs::read_to_string(&path)
