@@ -183,6 +183,9 @@ fn unknown_session(id: &str) -> Reply {
     Reply::error(404, "session_not_found", &format!("no session {id:?}"))
 }
 
+/// `GET /health`: 200 `ok`, or 503 `degraded` once the data directory
+/// cannot be written, so a load balancer or a monitor sees a server that
+/// refuses publishes and new sessions.
 fn health(shared: &Shared) -> Reply {
     #[derive(Serialize)]
     struct Health {
@@ -190,15 +193,19 @@ fn health(shared: &Shared) -> Reply {
         uptime_s: u64,
         sessions: usize,
         connected: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        storage: Option<&'static str>,
     }
     let counts = shared.table.counts();
+    let storage_failed = shared.storage_failed();
     Reply::json(
-        200,
+        if storage_failed { 503 } else { 200 },
         &Health {
-            status: "ok",
+            status: if storage_failed { "degraded" } else { "ok" },
             uptime_s: shared.started.elapsed().as_secs(),
             sessions: counts.total,
             connected: counts.connected,
+            storage: storage_failed.then_some("failed"),
         },
     )
 }
@@ -210,6 +217,7 @@ fn metrics(shared: &Shared) -> Reply {
         disconnected: counts.total - counts.connected,
         retained_events: shared.live_events.count(),
         connections: shared.connections.load(Ordering::Relaxed),
+        storage_failed: shared.storage_failed().into(),
     });
     Reply {
         status: 200,

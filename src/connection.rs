@@ -69,6 +69,8 @@ pub mod close {
     pub const INVALID_DATA: u16 = 1007;
     /// Bad resume token, bad `last_seq`, bad `client_id` or `client_type`.
     pub const POLICY: u16 = 1008;
+    /// A new session could not be saved in the data directory.
+    pub const INTERNAL_ERROR: u16 = 1011;
     /// No thread could be started for the connection.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// A message larger than `max_message_bytes`.
@@ -395,13 +397,24 @@ fn handle_message(shared: &Shared, conn: &Arc<Conn>, text: &str) -> Vec<String> 
         }
         Ok(ClientMessage::UpdatePreferences { data }) => {
             match shared.table.update_preferences(conn, &data) {
-                Ok((reply, lsn)) => {
-                    if let Some(store) = &shared.store {
-                        store.wait_durable(lsn);
+                Ok(change) => {
+                    let saved = shared
+                        .store
+                        .as_ref()
+                        .is_none_or(|store| store.wait_durable(change.lsn));
+                    if !saved {
+                        // A restart would bring the old preferences back, so
+                        // they come back now and the client is told so.
+                        shared.table.restore_preferences(conn, change.previous);
+                        let err = WireError::new(
+                            "storage_unavailable",
+                            "the server cannot save preferences now; they are unchanged",
+                        );
+                        return vec![err.to_message()];
                     }
                     // New filters or pacing may make waiting events due.
                     shared.writer.wake(conn);
-                    vec![reply]
+                    vec![change.reply]
                 }
                 Err(err) => vec![err.to_message()],
             }

@@ -51,7 +51,7 @@ pub(crate) fn run(
         select! {
             recv(requests) -> request => match request {
                 Ok(request) => {
-                    if shared.store.as_ref().is_some_and(|s| s.has_failed()) {
+                    if shared.storage_failed() {
                         // Dropping the reply tells the publisher it failed.
                         continue;
                     }

@@ -242,11 +242,11 @@ fn request_path(head: &[u8]) -> Option<String> {
     Some(path.split('?').next().unwrap_or(path).to_string())
 }
 
-/// Writes `err` and a 1008 close frame, without blocking.
-fn refuse(ws: &mut WebSocket<ConnIo>, err: &WireError) {
+/// Writes `err` and a close frame of `code`, without blocking.
+fn refuse(ws: &mut WebSocket<ConnIo>, err: &WireError, code: u16) {
     let _ = Conn::write_text(ws, err.to_message());
     let _ = ws.close(Some(CloseFrame {
-        code: CloseCode::from(close::POLICY),
+        code: CloseCode::from(code),
         reason: err.code.into(),
     }));
     let _ = Conn::flush(ws);
@@ -269,7 +269,7 @@ fn open_session(
         Ok(ok) => ok,
         Err(err) => {
             debug!("refused a connection from {remote}: {}", err.code);
-            refuse(&mut ws, &err);
+            refuse(&mut ws, &err, close::POLICY);
             let _ = stream.shutdown(Shutdown::Both);
             return None;
         }
@@ -294,7 +294,7 @@ fn open_session(
                 "refused session {} from {remote}: {}",
                 conn.client_id, err.code
             );
-            refuse(&mut conn.ws(), &err);
+            refuse(&mut conn.ws(), &err, close::POLICY);
             conn.abort();
             return None;
         }
@@ -303,9 +303,28 @@ fn open_session(
         conn.replaying.store(true, Ordering::Release);
     }
     // A new session's token is only handed out once a crash can no longer
-    // forget the session.
+    // forget the session. A resume needs no wait: its session is already
+    // durable and its token stays good across a restart, which at worst
+    // replays events the client will drop by seq.
     if let (Some(store), false) = (&shared.store, opened.resumed) {
-        store.wait_durable(opened.lsn);
+        if !store.wait_durable(opened.lsn) {
+            shared.table.discard_new(&conn);
+            if store.has_failed() {
+                debug!(
+                    "refused session {} from {remote}: storage_unavailable",
+                    conn.client_id
+                );
+                let err = WireError::new(
+                    "storage_unavailable",
+                    "the server cannot save new sessions now; try again later",
+                );
+                refuse(&mut conn.ws(), &err, close::INTERNAL_ERROR);
+                conn.abort();
+            } else {
+                shared.close_going_away(&conn);
+            }
+            return None;
+        }
     }
     // The first message precedes every event: writers skip a connection
     // until it is ready.

@@ -33,6 +33,8 @@ pub struct Gauges {
     pub retained_events: usize,
     /// Open WebSocket connections, including ones not yet attached.
     pub connections: usize,
+    /// 1 once the data directory could not be written, else 0.
+    pub storage_failed: usize,
 }
 
 impl Metrics {
@@ -65,6 +67,11 @@ impl Metrics {
                 "tether_websocket_connections",
                 "Open WebSocket connections.",
                 gauges.connections,
+            ),
+            (
+                "tether_storage_failed",
+                "1 once the data directory could not be written (publishes and new sessions are refused), else 0.",
+                gauges.storage_failed,
             ),
         ];
         for (name, help, value) in gauges {

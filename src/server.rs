@@ -73,6 +73,12 @@ impl Shared {
             .map_or(u64::MAX, |s| s.durable_event_id())
     }
 
+    /// Whether the data directory could not be written: publishes and new
+    /// sessions are refused from then on.
+    pub(crate) fn storage_failed(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.has_failed())
+    }
+
     /// Whether shutdown has begun.
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
@@ -92,9 +98,12 @@ impl Shared {
     /// Hands events to the dispatcher and waits for their ids (with a data
     /// directory, until they are durable).
     pub(crate) fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, PublishError> {
-        let refused = || match &self.store {
-            Some(store) if store.has_failed() => PublishError::Storage,
-            _ => PublishError::ShuttingDown,
+        let refused = || {
+            if self.storage_failed() {
+                PublishError::Storage
+            } else {
+                PublishError::ShuttingDown
+            }
         };
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.publish

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::connection::Conn;
 use crate::event::Event;
-use crate::preferences::{ClientType, Priority};
+use crate::preferences::{ClientType, Preferences, Priority};
 use crate::protocol::{
     heartbeat_ack, parse_seq, preferences_updated, Announcement, SyncSummary, WireError,
 };
@@ -48,6 +48,17 @@ pub(crate) struct Opened {
     pub replaced: Option<Arc<Conn>>,
     /// The position of its record in the data directory (0 without one).
     pub lsn: u64,
+}
+
+/// Preferences just applied to a session.
+#[derive(Debug)]
+pub(crate) struct PreferencesChange {
+    /// `preferences_updated`, to send once the change is durable.
+    pub reply: String,
+    /// The position of its record in the data directory (0 without one).
+    pub lsn: u64,
+    /// What they replaced, to put back if the change cannot be made durable.
+    pub previous: Preferences,
 }
 
 /// The result of fanning events out.
@@ -311,8 +322,8 @@ impl SessionTable {
         }
     }
 
-    /// Handles `update_preferences`: returns `preferences_updated` and the
-    /// position of its record, which must be durable before the answer goes.
+    /// Handles `update_preferences`: applies them and returns the answer,
+    /// which must wait until the change is durable.
     ///
     /// # Errors
     /// `invalid_preferences`, and the preferences stay as they were.
@@ -320,21 +331,37 @@ impl SessionTable {
         &self,
         conn: &Conn,
         data: &Value,
-    ) -> Result<(String, u64), WireError> {
+    ) -> Result<PreferencesChange, WireError> {
         self.with_attached(conn, |s| {
             let next = s
                 .preferences
                 .updated(data)
                 .map_err(|why| WireError::new("invalid_preferences", why))?;
-            let record = record::PreferencesSet {
-                client_id: s.client_id.to_string(),
-                preferences: next.clone(),
-            };
-            let lsn = self.journal(record::kind::PREFERENCES, &record);
-            s.set_preferences(next);
-            Ok((preferences_updated(&s.preferences), lsn))
+            let previous = s.preferences.clone();
+            let lsn = self.set_preferences(s, next);
+            Ok(PreferencesChange {
+                reply: preferences_updated(&s.preferences),
+                lsn,
+                previous,
+            })
         })
         .unwrap_or_else(|| Err(WireError::new("invalid_preferences", "the session is gone")))
+    }
+
+    /// Puts back the preferences an update replaced, if `conn` still owns
+    /// the session.
+    pub(crate) fn restore_preferences(&self, conn: &Conn, previous: Preferences) {
+        self.with_attached(conn, |s| self.set_preferences(s, previous));
+    }
+
+    fn set_preferences(&self, session: &mut Session, preferences: Preferences) -> u64 {
+        let record = record::PreferencesSet {
+            client_id: session.client_id.to_string(),
+            preferences: preferences.clone(),
+        };
+        let lsn = self.journal(record::kind::PREFERENCES, &record);
+        session.set_preferences(preferences);
+        lsn
     }
 
     /// Assigns seqs to `events` in every matching session (or the targeted
@@ -437,11 +464,28 @@ impl SessionTable {
     pub(crate) fn remove(&self, client_id: &str) -> Option<Option<Arc<Conn>>> {
         let mut sessions = self.lock();
         let session = sessions.remove(client_id)?;
+        self.journal_deleted(client_id);
+        Some(session.conn)
+    }
+
+    /// Forgets the session `conn` just created, if `conn` still owns it:
+    /// its creation could not be made durable, so its token is never sent.
+    pub(crate) fn discard_new(&self, conn: &Conn) {
+        let mut sessions = self.lock();
+        if sessions
+            .get(&conn.client_id)
+            .is_some_and(|s| s.is_attached(conn))
+        {
+            sessions.remove(&conn.client_id);
+            self.journal_deleted(&conn.client_id);
+        }
+    }
+
+    fn journal_deleted(&self, client_id: &str) {
         let record = record::Deleted {
             client_id: client_id.to_string(),
         };
         self.journal(record::kind::DELETED, &record);
-        Some(session.conn)
     }
 
     /// Detaches a session's connection, keeping the session. Returns `None`

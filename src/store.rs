@@ -121,7 +121,10 @@ impl Store {
     /// which the table applied them. Returns the record's position.
     pub(crate) fn append(&self, frame: &[u8], event_id: Option<u64>) -> u64 {
         let mut state = self.lock();
-        state.buffer.extend_from_slice(frame);
+        // Nothing writes the buffer any more; it must not grow for ever.
+        if !self.has_failed() {
+            state.buffer.extend_from_slice(frame);
+        }
         state.last_lsn += 1;
         if let Some(id) = event_id {
             state.last_event_id = state.last_event_id.max(id);
@@ -157,6 +160,11 @@ impl Store {
     ) {
         let last_id = published.last().map_or(0, |p| p.id);
         let mut state = self.lock();
+        // `fail` cleared the pending publishes under this lock; one added
+        // after it would wait for ever. Dropping `reply` refuses it.
+        if self.has_failed() {
+            return;
+        }
         if self.durable_event_id() >= last_id {
             drop(state);
             let _ = reply.send(published);
@@ -233,12 +241,13 @@ impl Store {
 
     fn fail(&self, what: &str, e: &io::Error) {
         error!(
-            "data directory {}: {what} failed: {e}; publishing is refused from now on",
+            "data directory {}: {what} failed: {e}; publishes and new sessions are refused from now on",
             self.dir.display()
         );
         self.failed.store(true, Ordering::Release);
         let mut state = self.lock();
         state.pending.clear();
+        state.buffer = Vec::new();
         drop(state);
         self.durable.notify_all();
     }

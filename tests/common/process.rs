@@ -60,6 +60,22 @@ impl Process {
         Process::spawn(cmd)
     }
 
+    /// `tether serve ARGS` whose files may grow to at most `blocks` blocks
+    /// of the shell's `ulimit -f` (512 bytes for dash, 1024 for bash): a
+    /// deterministic full disk. SIGXFSZ is ignored so that a write past the
+    /// limit fails with EFBIG, as on a full disk, instead of killing it.
+    pub fn start_with_file_size_limit(blocks: u32, args: &[&str]) -> Process {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "trap '' XFSZ && ulimit -f {blocks} && exec \"$0\" serve {} \"$@\"",
+                LOOPBACK_PORT_0.join(" ")
+            ))
+            .arg(tether().get_program())
+            .args(args);
+        Process::spawn(cmd)
+    }
+
     fn spawn(mut cmd: Command) -> Process {
         cmd.stderr(Stdio::piped()).stdout(Stdio::null());
         let mut child = cmd.spawn().unwrap();
@@ -102,20 +118,29 @@ impl Process {
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
     }
 
-    /// POSTs `body` to the admin API: the status and the JSON answer,
-    /// whatever the status.
-    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+    /// A GET, or a POST of `body`, to the admin API: the status and the
+    /// body, whatever the status.
+    pub fn http(&self, path: &str, body: Option<&str>) -> (u16, String) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(TIMEOUT))
             .build()
             .into();
-        let mut resp = agent
-            .post(&format!("http://{}{path}", self.admin))
-            .send(body)
-            .unwrap();
+        let url = format!("http://{}{path}", self.admin);
+        let mut resp = match body {
+            None => agent.get(&url).call(),
+            Some(body) => agent.post(&url).send(body),
+        }
+        .unwrap();
         let text = resp.body_mut().read_to_string().unwrap();
-        (resp.status().as_u16(), serde_json::from_str(&text).unwrap())
+        (resp.status().as_u16(), text)
+    }
+
+    /// POSTs `body` to the admin API: the status and the JSON answer,
+    /// whatever the status.
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let (status, text) = self.http(path, Some(body));
+        (status, serde_json::from_str(&text).unwrap())
     }
 
     pub fn url(&self, query: &str) -> String {
