@@ -231,23 +231,27 @@ impl Session {
         (released, dropped)
     }
 
-    /// Attaches a new connection that has processed up to `last_seq`.
-    fn attach(&mut self, conn: Arc<Conn>, last_seq: u64, now: u64) {
+    /// Attaches a new connection that has processed up to `last_seq`;
+    /// returns the seq sending starts after.
+    fn attach(&mut self, conn: Arc<Conn>, last_seq: u64, now: u64) -> u64 {
         self.remote_addr = Some(conn.remote);
         self.conn = Some(conn);
         self.connected_at = Some(now);
         self.missed_events = 0;
-        self.start_sending(last_seq);
+        self.start_sending(last_seq)
     }
 
     /// Starts sending from after `last_seq` (or the oldest retained event),
     /// replaying what is retained now, with a full rate-limit bucket.
-    fn start_sending(&mut self, last_seq: u64) {
+    /// Returns the seq sending starts after.
+    fn start_sending(&mut self, last_seq: u64) -> u64 {
+        let sent_seq = last_seq.max(self.first_retained_seq() - 1);
         self.sending = Some(Box::new(Sending {
-            sent_seq: last_seq.max(self.first_retained_seq() - 1),
+            sent_seq,
             replay_until: self.current_seq,
             pacing: Pacing::new(&self.preferences, Instant::now()),
         }));
+        sent_seq
     }
 
     /// Replaces the preferences; the live connection's pacing follows.
@@ -282,9 +286,8 @@ impl Session {
             (None, Some(at)) => now.saturating_sub(at),
             _ => 0,
         };
-        self.attach(conn, last_seq, now);
+        let sent_seq = self.attach(conn, last_seq, now);
         self.reconnect_count += 1;
-        let sent_seq = self.sending.as_ref().map_or(0, |s| s.sent_seq);
         Ok((
             replaced,
             Resumed {
