@@ -315,11 +315,9 @@ fn hand_on(dispatch: &Dispatch, request: tiny_http::Request) {
     };
     let waiting = dispatch.waiting.clone();
     spawn_request_thread(dispatch, request, move |shared, request| {
-        handle(shared, request);
-        drop(slot);
-        for (request, slot) in waiting {
+        // Each request's slot is given back as soon as it is answered.
+        for (request, _slot) in std::iter::once((request, slot)).chain(waiting) {
             handle(shared, request);
-            drop(slot);
         }
     });
 }
