@@ -391,6 +391,13 @@ impl SessionTable {
                 self.max_retained,
                 |s| {
                     let Some(conn) = &s.conn else { return };
+                    // A queued connection's writer clears the flag before
+                    // it takes what is due, under this lock: it will take
+                    // this event too. Under a steady stream most are
+                    // queued, and waking them again costs the most here.
+                    if conn.queued.load(Ordering::Acquire) {
+                        return;
+                    }
                     if conn.fanout_mark.swap(publish_id, Ordering::Relaxed) == publish_id {
                         return;
                     }
@@ -680,6 +687,24 @@ mod tests {
             "woken by rank {woken:?}"
         );
         assert_eq!(fanout.matched, vec![6]);
+    }
+
+    #[test]
+    fn a_queued_connection_is_not_woken_again_and_still_gets_the_event() {
+        let table = table();
+        let mut clients = Vec::new();
+        let idle = open(&table, &mut clients, 1, "idle");
+        let queued = open(&table, &mut clients, 2, "queued");
+        queued.queued.store(true, Ordering::Release);
+        let fanout = table.publish(1, &[event(r#"{"event_type":"x"}"#, 1)], &[]);
+        let woken: Vec<u64> = fanout.wake.iter().map(|c| c.id).collect();
+        assert_eq!(woken, vec![idle.id]);
+        assert_eq!(fanout.matched, vec![2]);
+        let taken = table
+            .take_due(&queued, Instant::now(), 512, u64::MAX)
+            .expect("attached");
+        let seqs: Vec<u64> = taken.due.items.iter().map(|i| i.0).collect();
+        assert_eq!(seqs, vec![1]);
     }
 
     #[test]
