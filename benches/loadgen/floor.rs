@@ -23,24 +23,25 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::WebSocket;
 
-use crate::client::{self, now_us, receive};
-use crate::scenarios::{wait_until_due, Latency, ACK_EVERY, CLIENT_STACK};
+use crate::client::{self, now_us, Reading};
+use crate::scenarios::{wait_until_due, Latency, ACK_EVERY};
 use crate::server::{Kind, Server};
+use crate::subscribers::{Readers, Subscribers};
 
 /// M2b against the floor: `n` clients; `rate` events per second for
 /// `seconds`.
 pub fn latency(n: usize, rate: u64, seconds: u64) -> Latency {
     let events = rate * seconds;
     let mut server = Server::start(Kind::Floor, &[]);
-    let subscribers: Vec<_> = (0..n)
+    let sockets = (0..n)
         .map(|i| {
-            let mut ws = client::connect(server.ws, &format!("client_id=floor-{i}"), false);
-            thread::Builder::new()
-                .stack_size(CLIENT_STACK)
-                .spawn(move || receive(&mut ws, events, Some(1), Some(ACK_EVERY), true))
-                .expect("a client thread")
+            let query = format!("client_id=floor-{i}");
+            client::connect(server.ws, &query, client::LATENCY_READ_BUFFER)
         })
         .collect();
+    let subscribers = Subscribers::start(sockets, Readers::for_latency(), || {
+        Reading::new(events, Some(1), Some(ACK_EVERY), true)
+    });
     let mut input = server.input.take().expect("the floor's input");
     let start = Instant::now();
     for seq in 1..=events {

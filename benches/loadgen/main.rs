@@ -15,7 +15,9 @@
 //! override the plan and `--tether-only` skips the baseline, for
 //! profiling. With `BENCH_TETHER=PATH` another tether binary is measured
 //! (one with symbols, for perf or valgrind); with `BENCH_SERIES=1` each M2b
-//! run also prints its p50 / p99 per 100 ms of publishing.
+//! run also prints its p50 / p99 per 100 ms of publishing, and with
+//! `BENCH_THREAD_CLIENTS=1` M2b's subscribers get a thread each instead of
+//! sharing a few polling threads (`subscribers.rs`).
 //!
 //! `--tether-at WS,HTTP` (and `--baseline-at WS,HTTP`) run M2b alone
 //! against servers started elsewhere, such as on another machine, so the
@@ -31,6 +33,7 @@ mod client;
 mod floor;
 mod scenarios;
 mod server;
+mod subscribers;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::Command;
@@ -752,4 +755,5 @@ fn self_check() {
     assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     assert_eq!(percentile(&[1, 2, 3, 4], 0.5), 2);
     assert_eq!(percentile(&[1, 2, 3, 4], 0.99), 4);
+    subscribers::self_check();
 }

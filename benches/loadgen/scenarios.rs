@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::client::{self, event_seq, now_us, receive, recv_json, send_json, subscribe, Ws};
+use crate::client::{self, event_seq, now_us, recv_json, send_json, subscribe, Reading, Ws};
 use crate::server::{Kind, Server};
+use crate::subscribers::{Readers, Subscribers};
 
 /// tether's flags for throughput runs: the fan-out publishes far faster
 /// than clients read, so sessions must be able to retain a whole run.
@@ -92,7 +93,11 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
 
 /// An idle client: tether's first message read, nothing more.
 fn open_idle(server: &Server, id: &str) -> Ws {
-    let mut ws = client::connect(server.ws, &format!("client_id={id}&client_type=cli"), true);
+    let mut ws = client::connect(
+        server.ws,
+        &format!("client_id={id}&client_type=cli"),
+        client::IDLE_READ_BUFFER,
+    );
     if server.kind == Kind::Tether {
         recv_json(&mut ws);
     }
@@ -152,26 +157,25 @@ pub struct Fanout {
     pub errors: Vec<String>,
 }
 
-/// Starts a subscriber thread for each of `ids`, reading `events` events.
-fn start_subscribers(
-    server: &Server,
-    ids: &[String],
-    events: u64,
-    latency: bool,
-) -> Vec<thread::JoinHandle<client::Received>> {
+/// Starts reading a subscriber for each of `ids`, `events` events each,
+/// recording latencies for M2b (`latency`).
+fn start_subscribers(server: &Server, ids: &[String], events: u64, latency: bool) -> Subscribers {
     let ack = (server.kind == Kind::Tether).then_some(ACK_EVERY);
     // Each tether session numbers its own events from 1; the baseline
     // numbers all it ever published.
     let first_seq = (server.kind == Kind::Tether || server.is_started()).then_some(1);
-    ids.iter()
-        .map(|id| {
-            let (mut ws, _) = subscribe(server, id, false);
-            thread::Builder::new()
-                .stack_size(CLIENT_STACK)
-                .spawn(move || receive(&mut ws, events, first_seq, ack, latency))
-                .expect("a client thread")
-        })
-        .collect()
+    // M2 reads as every earlier run did, so its figures stay comparable.
+    let (readers, read_buffer) = match latency {
+        true => (Readers::for_latency(), client::LATENCY_READ_BUFFER),
+        false => (Readers::ThreadEach, None),
+    };
+    let sockets = ids
+        .iter()
+        .map(|id| subscribe(server, id, read_buffer).0)
+        .collect();
+    Subscribers::start(sockets, readers, || {
+        Reading::new(events, first_seq, ack, latency)
+    })
 }
 
 /// M2: `n` subscribers, `events` published in arrays of 1000 as fast as
@@ -191,8 +195,7 @@ pub fn fanout(kind: Kind, n: usize, events: usize) -> Fanout {
     }
     let mut errors = Vec::new();
     let mut last = start;
-    for (i, handle) in subscribers.into_iter().enumerate() {
-        let got = handle.join().expect("client thread");
+    for (i, got) in subscribers.join().into_iter().enumerate() {
         if let Some(e) = got.error {
             errors.push(format!("sub-{i}: {e}"));
         }
@@ -266,15 +269,10 @@ impl Latency {
     /// Waits for the subscribers and sums up their latencies. With
     /// `BENCH_SERIES` set it also prints p50 / p99 per 100 ms of publishing,
     /// which shows when in a run the slow deliveries happen.
-    pub fn gather(
-        name: &str,
-        subscribers: Vec<thread::JoinHandle<client::Received>>,
-        publish_rate: f64,
-    ) -> Latency {
+    pub fn gather(name: &str, subscribers: Subscribers, publish_rate: f64) -> Latency {
         let mut errors = Vec::new();
         let mut all: Vec<(u32, u32)> = Vec::new();
-        for (i, handle) in subscribers.into_iter().enumerate() {
-            let got = handle.join().expect("client thread");
+        for (i, got) in subscribers.join().into_iter().enumerate() {
             if let Some(e) = got.error {
                 errors.push(format!("subscriber {i}: {e}"));
             }
@@ -319,7 +317,7 @@ fn print_series(name: &str, samples: &mut [(u32, u32)]) {
 /// from starting the TCP connect to the last missed event, per trial.
 pub fn replay(trials: usize, events: usize) -> (Vec<f64>, Vec<String>) {
     let server = Server::start(Kind::Tether, &[]);
-    let (ws, token) = subscribe(&server, "replay", false);
+    let (ws, token) = subscribe(&server, "replay", None);
     drop(ws);
     server.wait_connected(0);
     let body = array_body(events);
@@ -330,7 +328,7 @@ pub fn replay(trials: usize, events: usize) -> (Vec<f64>, Vec<String>) {
         server.publish(&body);
         let query = format!("client_id=replay&resume_token={token}&last_seq={last}");
         let start = Instant::now();
-        let mut ws = client::connect(server.ws, &query, false);
+        let mut ws = client::connect(server.ws, &query, None);
         let sync = recv_json(&mut ws);
         if sync["type"] != "reconnection_sync" || sync["data"]["missed_events"] != events {
             errors.push(format!("trial {trial}: {sync}"));
@@ -389,7 +387,7 @@ pub fn cut(cut: Cut, trials: usize, rate: u64, before: Duration, after: Duration
     let mut result = CutResult::default();
     for trial in 0..trials {
         let id = format!("cut-{trial}");
-        let (mut ws, token) = subscribe(&server, &id, false);
+        let (mut ws, token) = subscribe(&server, &id, None);
         let streaming = Arc::new(AtomicBool::new(true));
         let publisher = {
             let (server, streaming, id) = (Arc::clone(&server), Arc::clone(&streaming), id.clone());
@@ -418,7 +416,7 @@ pub fn cut(cut: Cut, trials: usize, rate: u64, before: Duration, after: Duration
             "client_id={id}&resume_token={token}&last_seq={}",
             tally.last
         );
-        let mut ws = client::connect(server.ws, &query, false);
+        let mut ws = client::connect(server.ws, &query, None);
         let sync = recv_json(&mut ws);
         assert_eq!(sync["type"], "reconnection_sync", "{sync}");
         tally.read_for(&mut ws, None, after);
