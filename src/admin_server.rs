@@ -6,39 +6,44 @@
 //! panic in it (it clones each accepted socket and unwraps the result).
 //! So the listening socket stays here, and the server is rebuilt on it:
 //!
-//! - an accept error reaches a handler through `recv()`;
+//! - an accept error reaches an admin thread through `recv()`;
 //! - a panic in a tiny_http thread reaches the panic hook installed here,
-//!   which marks every admin server as suspect and unblocks its handlers.
+//!   which marks every admin server as suspect and unblocks its threads.
 //!
-//! Either way a handler replaces the tiny_http server, retrying while
+//! Either way an admin thread replaces the tiny_http server, retrying while
 //! descriptors are short, and the admin API answers again as soon as they
-//! free up. Nothing polls: handlers block in `recv()` until then.
+//! free up. Nothing polls: admin threads block in `recv()` until then.
 //!
 //! Handling a request means blocking socket I/O (reading the body past the
 //! 1 KiB tiny_http prefetches, writing the answer) that tiny_http 0.12 gives
-//! no timeout for and no way to interrupt. So the handlers never touch a
-//! socket: each request goes to a request thread of its own, up to
-//! [`MAX_IN_FLIGHT`] at once, and a stalled client holds only that thread.
-//! Request threads wait for the next request when done: spawning one per
-//! request halved the publishing rate of 1000-event arrays (fresh stacks
-//! and allocator caches for every body parsed). Beyond the cap a request
-//! is answered 503, still not by a handler, since even a small answer can
-//! block: behind an earlier answer on the same keep-alive connection, and,
-//! when part of the body is still unread, in tiny_http reading and
-//! discarding it as the request is dropped. Requests whose body is all in
-//! memory are refused by one refusing thread; one with a body still to come
-//! gets a thread of its own even beyond the cap. Those threads are bounded
-//! anyway: tiny_http reads nothing more from a connection until the body is
-//! read, so there is at most one per open connection, as there is one
-//! tiny_http thread per open connection already.
+//! no timeout for and no way to interrupt. So no thread that takes requests
+//! from tiny_http may be the only one: admin threads take turns. Each waits
+//! in `recv()`, and one that takes a request handles it itself, after
+//! starting another if no other was left waiting; a stalled client holds
+//! only the thread handling it. Handing each request to a thread of its own
+//! instead cost a fifth of the single-event publishing rate (the hand-over
+//! is a context switch per request), and a fresh thread per request halved
+//! that of 1000-event arrays (fresh stacks and allocator caches for every
+//! body parsed), so threads stay, up to [`MAX_WAITING`] of them waiting.
+//!
+//! At most [`MAX_IN_FLIGHT`] requests are handled at once; beyond that a
+//! request is answered 503, still not by a thread that takes requests,
+//! since even a small answer can block: behind an earlier answer on the
+//! same keep-alive connection, and, when part of the body is still unread,
+//! in tiny_http reading and discarding it as the request is dropped.
+//! Requests whose body is all in memory are refused by one refusing thread;
+//! one with a body still to come gets a thread of its own even beyond the
+//! cap. Those threads are bounded anyway: tiny_http reads nothing more from
+//! a connection until the body is read, so there is at most one per open
+//! connection, as there is one tiny_http thread per open connection already.
 
 use std::io::{self, Read};
 use std::net::TcpListener;
 use std::panic::PanicHookInfo;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
@@ -51,8 +56,12 @@ mod in_flight;
 
 use in_flight::{InFlight, Slot};
 
-/// Threads taking requests from tiny_http and handing them on.
-const HANDLER_THREADS: usize = 2;
+/// Admin threads started with the server, all waiting for requests.
+const FIRST_THREADS: usize = 2;
+
+/// Admin threads that may wait for requests at once; one that finishes a
+/// request while this many wait ends.
+const MAX_WAITING: usize = 4;
 
 /// Admin requests handled at once; more are answered 503.
 const MAX_IN_FLIGHT: usize = 64;
@@ -90,11 +99,20 @@ struct Supervisor {
     listener: TcpListener,
     /// A tiny_http thread panicked: this server's accept thread may be gone.
     suspect: AtomicBool,
+    /// The admin threads waiting in `recv()`.
+    waiting: Arc<InFlight>,
 }
 
 impl Supervisor {
     fn current(&self) -> Arc<tiny_http::Server> {
         Arc::clone(&self.current.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sends every thread waiting on `server` back to check the supervisor.
+    fn unblock_all(&self, server: &tiny_http::Server) {
+        for _ in 0..self.waiting.count().max(1) {
+            server.unblock();
+        }
     }
 }
 
@@ -102,32 +120,25 @@ impl Supervisor {
 static SUPERVISORS: Mutex<Vec<Weak<Supervisor>>> = Mutex::new(Vec::new());
 static HOOK: Once = Once::new();
 
-/// A request and its place under the cap.
-type Work = (tiny_http::Request, Slot);
-
-/// Where the handlers send what they take from tiny_http.
+/// What every admin thread shares.
 #[derive(Clone)]
 struct Dispatch {
     shared: Arc<Shared>,
+    supervisor: Arc<Supervisor>,
     in_flight: Arc<InFlight>,
     refusals: Sender<tiny_http::Request>,
-    /// Request threads wait here between requests. The channel holds
-    /// nothing, so a send succeeds only when one of them is waiting.
-    idle: Sender<Work>,
-    waiting: Receiver<Work>,
 }
 
-/// The running admin listener and its handler threads.
+/// The running admin listener; its threads are detached.
 pub(crate) struct AdminServer {
     supervisor: Arc<Supervisor>,
-    handlers: Vec<JoinHandle<()>>,
     in_flight: Arc<InFlight>,
 }
 
 impl std::fmt::Debug for AdminServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminServer")
-            .field("handlers", &self.handlers.len())
+            .field("waiting", &self.supervisor.waiting.count())
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +152,7 @@ impl AdminServer {
             current: Mutex::new(Arc::new(serve_on(&listener)?)),
             listener,
             suspect: AtomicBool::new(false),
+            waiting: InFlight::new(MAX_WAITING),
         });
         {
             let mut all = SUPERVISORS.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,43 +165,39 @@ impl AdminServer {
             .stack_size(REQUEST_STACK_SIZE)
             .spawn(move || refuse_loop(&refused))
             .map_err(Error::Thread)?;
-        let (idle, waiting) = crossbeam_channel::bounded(0);
         let dispatch = Dispatch {
             shared: Arc::clone(shared),
+            supervisor: Arc::clone(&supervisor),
             in_flight: InFlight::new(MAX_IN_FLIGHT),
             refusals,
-            idle,
-            waiting,
         };
-        let mut handlers = Vec::new();
-        for i in 0..HANDLER_THREADS {
-            let (dispatch, supervisor) = (dispatch.clone(), Arc::clone(&supervisor));
-            let handle = thread::Builder::new()
-                .name(format!("tether-admin-{i}"))
-                .spawn(move || handler_loop(&dispatch, &supervisor))
-                .map_err(Error::Thread)?;
-            handlers.push(handle);
+        for _ in 0..FIRST_THREADS {
+            start_thread(&dispatch).map_err(Error::Thread)?;
         }
         Ok(AdminServer {
             supervisor,
-            handlers,
             in_flight: dispatch.in_flight,
         })
     }
 
-    /// Stops the handlers, waits up to [`STOP_GRACE`] for the requests in
-    /// flight and closes the listener. The caller has set the shutting-down
-    /// flag, so handlers exit when unblocked. The refusing thread ends once
-    /// the handlers are gone, or with the process.
+    /// Ends the threads waiting for requests, waits up to [`STOP_GRACE`]
+    /// for the requests in flight and closes the listener. The caller has
+    /// set the shutting-down flag, so a thread that finishes a request ends
+    /// too. The refusing thread ends once the others are gone, or with the
+    /// process.
     pub(crate) fn stop(self) {
         let server = self.supervisor.current();
-        for _ in 0..self.handlers.len() {
-            server.unblock();
+        // A thread between requests may start waiting after an unblock is
+        // sent; the unblocks are repeated until none waits.
+        let waiting = &self.supervisor.waiting;
+        let deadline = Instant::now() + STOP_GRACE;
+        while waiting.count() > 0 && Instant::now() < deadline {
+            self.supervisor.unblock_all(&server);
+            waiting.wait_idle(Duration::from_millis(10));
         }
-        for handle in self.handlers {
-            let _ = handle.join();
-        }
-        let left = self.in_flight.wait_idle(STOP_GRACE);
+        let left = self
+            .in_flight
+            .wait_idle(deadline.saturating_duration_since(Instant::now()));
         if left > 0 {
             warn!("admin API: {left} requests still blocked in socket I/O; not waiting for them");
         }
@@ -220,10 +228,7 @@ fn install_panic_hook() {
         let all = SUPERVISORS.lock().unwrap_or_else(|e| e.into_inner());
         for supervisor in all.iter().filter_map(Weak::upgrade) {
             supervisor.suspect.store(true, Ordering::Release);
-            let server = supervisor.current();
-            for _ in 0..HANDLER_THREADS {
-                server.unblock();
-            }
+            supervisor.unblock_all(&supervisor.current());
         }
     }));
 }
@@ -238,15 +243,44 @@ fn panic_message(info: &PanicHookInfo<'_>) -> String {
     text.lines().next().unwrap_or("").to_string()
 }
 
-fn handler_loop(dispatch: &Dispatch, supervisor: &Supervisor) {
-    let shared = &dispatch.shared;
+/// Starts an admin thread, counted as waiting from now on; fails only
+/// when the thread cannot start.
+fn start_thread(dispatch: &Dispatch) -> io::Result<()> {
+    let Some(waiting) = dispatch.supervisor.waiting.enter() else {
+        return Ok(());
+    };
+    let dispatch = dispatch.clone();
+    thread::Builder::new()
+        .name("tether-admin".into())
+        .stack_size(REQUEST_STACK_SIZE)
+        .spawn(move || admin_thread(&dispatch, waiting))
+        .map(drop)
+}
+
+/// Takes requests and handles them, until the server stops or enough other
+/// threads wait. `waiting` is this thread's place among the waiting ones.
+fn admin_thread(dispatch: &Dispatch, mut waiting: Slot) {
+    let (shared, supervisor) = (&dispatch.shared, &dispatch.supervisor);
     loop {
         if shared.is_shutting_down() {
             return;
         }
         let server = supervisor.current();
         match server.recv() {
-            Ok(request) => hand_on(dispatch, request),
+            Ok(request) => {
+                drop(waiting);
+                if supervisor.waiting.count() == 0 {
+                    if let Err(e) = start_thread(dispatch) {
+                        // This thread takes requests again once done.
+                        warn!("admin API: cannot start a thread ({e})");
+                    }
+                }
+                serve(dispatch, request);
+                match supervisor.waiting.enter() {
+                    Some(again) => waiting = again,
+                    None => return,
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Other && e.to_string() == "thread unblocked" => {
                 if supervisor.suspect.swap(false, Ordering::AcqRel) {
                     restart(shared, supervisor, &server);
@@ -264,7 +298,7 @@ fn handler_loop(dispatch: &Dispatch, supervisor: &Supervisor) {
 }
 
 /// Replaces the tiny_http server `old`, retrying while the process is short
-/// of descriptors (the usual cause), unless another handler already did.
+/// of descriptors (the usual cause), unless another thread already did.
 /// Never returns to waiting on a dead server.
 fn restart(shared: &Shared, supervisor: &Supervisor, old: &Arc<tiny_http::Server>) {
     let mut failures = 0u32;
@@ -277,11 +311,9 @@ fn restart(shared: &Shared, supervisor: &Supervisor, old: &Arc<tiny_http::Server
         match serve_on(&supervisor.listener) {
             Ok(fresh) => {
                 *slot = Arc::new(fresh);
-                // Wake the other handlers still waiting on the old server;
+                // Wake the other threads still waiting on the old server;
                 // dropping it stops its accept thread if that still runs.
-                for _ in 0..HANDLER_THREADS {
-                    old.unblock();
-                }
+                supervisor.unblock_all(old);
                 info!("admin API accepting again");
                 return;
             }
@@ -295,60 +327,34 @@ fn restart(shared: &Shared, supervisor: &Supervisor, old: &Arc<tiny_http::Server
     }
 }
 
-/// Hands `request` to an idle request thread, or to a new one while fewer
-/// than [`MAX_IN_FLIGHT`] are busy (threads stay, so a request finds a warm
-/// stack and allocator caches rather than a fresh thread); over the cap it
-/// is refused, by the refusing thread when its body is all in memory, by a
-/// thread of its own when the body has yet to arrive.
-fn hand_on(dispatch: &Dispatch, request: tiny_http::Request) {
-    let Some(slot) = dispatch.in_flight.enter() else {
-        if body_pending(&request) {
-            spawn_request_thread(dispatch, request, |_, request| refuse(request));
-        } else {
+/// Handles `request` on this thread within [`MAX_IN_FLIGHT`]; over the cap
+/// it is refused, by the refusing thread when its body is all in memory, by
+/// a thread of its own when the body has yet to arrive.
+fn serve(dispatch: &Dispatch, request: tiny_http::Request) {
+    let Some(_slot) = dispatch.in_flight.enter() else {
+        if !body_pending(&request) {
             let _ = dispatch.refusals.send(request);
+            return;
+        }
+        // The request goes over a channel rather than into the closure, so
+        // a failed spawn does not drop it here (which could block).
+        let (give, take) = crossbeam_channel::bounded(1);
+        let spawned = thread::Builder::new()
+            .name("tether-admin-refuse".into())
+            .stack_size(REQUEST_STACK_SIZE)
+            .spawn(move || take.recv().map(refuse));
+        match spawned {
+            Ok(_) => {
+                let _ = give.send(request);
+            }
+            Err(e) => {
+                warn!("admin API: cannot start a refusing thread ({e})");
+                let _ = dispatch.refusals.send(request);
+            }
         }
         return;
     };
-    let (request, slot) = match dispatch.idle.try_send((request, slot)) {
-        Ok(()) => return,
-        Err(e) => e.into_inner(),
-    };
-    let waiting = dispatch.waiting.clone();
-    spawn_request_thread(dispatch, request, move |shared, request| {
-        // Each request's slot is given back as soon as it is answered.
-        for (request, _slot) in std::iter::once((request, slot)).chain(waiting) {
-            handle(shared, request);
-        }
-    });
-}
-
-/// Runs `work` on a thread of its own, first with `request`. The request
-/// goes over a channel rather than into the closure, so a failed spawn does
-/// not drop it here (which could block): it is refused instead.
-fn spawn_request_thread(
-    dispatch: &Dispatch,
-    request: tiny_http::Request,
-    work: impl FnOnce(&Shared, tiny_http::Request) + Send + 'static,
-) {
-    let (give, take) = crossbeam_channel::bounded(1);
-    let shared = Arc::clone(&dispatch.shared);
-    let spawned = thread::Builder::new()
-        .name("tether-admin-request".into())
-        .stack_size(REQUEST_STACK_SIZE)
-        .spawn(move || {
-            if let Ok(request) = take.recv() {
-                work(&shared, request);
-            }
-        });
-    match spawned {
-        Ok(_) => {
-            let _ = give.send(request);
-        }
-        Err(e) => {
-            warn!("admin API: cannot start a request thread ({e}); answering 503");
-            let _ = dispatch.refusals.send(request);
-        }
-    }
+    handle(&dispatch.shared, request);
 }
 
 /// Whether tiny_http has yet to read part of the body from the socket: it

@@ -1,9 +1,10 @@
-//! The admin requests being handled, each on a thread of its own: a cap on
-//! how many, and a bounded wait for them on stop.
+//! A count with a cap, and a bounded wait for it to reach zero: the admin
+//! requests being handled, and the admin threads waiting for requests.
 //!
-//! Each request thread may block in socket I/O that nothing here can
-//! interrupt, so the cap is what bounds the threads (and the answers they
-//! hold in memory), and stop waits only a grace period for them.
+//! A request may block in socket I/O that nothing here can interrupt, so
+//! the cap on requests is what bounds the threads handling them (and the
+//! answers they hold in memory), and stop waits only a grace period for
+//! them.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -38,6 +39,11 @@ impl InFlight {
         }
         *count += 1;
         Some(Slot(Arc::clone(self)))
+    }
+
+    /// How many are in flight now.
+    pub(super) fn count(&self) -> usize {
+        *self.lock()
     }
 
     /// Waits until no request is in flight or `grace` has passed, and
