@@ -318,7 +318,15 @@ impl SessionTable {
         match answered {
             Some((reply, Some(Err(current)))) => (reply, Some(invalid_ack(current))),
             Some((reply, _)) => (reply, None),
-            None => (heartbeat_ack(now, 0), None),
+            // A connection just taken over (its close is on the way) still
+            // hears its session's seq; it records and acknowledges nothing.
+            None => {
+                let current = self
+                    .lock()
+                    .get(&conn.client_id)
+                    .map_or(0, |s| s.current_seq());
+                (heartbeat_ack(now, current), None)
+            }
         }
     }
 
@@ -705,6 +713,34 @@ mod tests {
             .expect("attached");
         let seqs: Vec<u64> = taken.due.items.iter().map(|i| i.0).collect();
         assert_eq!(seqs, vec![1]);
+    }
+
+    #[test]
+    fn a_connection_taken_over_hears_its_sessions_seq_and_records_nothing() {
+        let table = table();
+        let mut clients = Vec::new();
+        let mut connect = |id: u64, resume_token: Option<String>| {
+            let (conn, client) = Conn::for_test(id, "t");
+            clients.push(client);
+            let request = OpenRequest {
+                client_type: ClientType::Cli,
+                resume_token,
+                last_seq: None,
+            };
+            let opened = table.open(&conn, request, 0).unwrap();
+            (conn, opened.first_message)
+        };
+        let (old, first) = connect(1, None);
+        let first: Value = serde_json::from_str(&first).unwrap();
+        let token = first["data"]["resume_token"].as_str().unwrap().to_string();
+        table.publish(1, &[event(r#"{"event_type":"x"}"#, 1)], &[]);
+        connect(2, Some(token));
+        let (reply, error) = table.heartbeat(&old, Some(1), 5);
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["current_seq"], 1, "{reply}");
+        assert!(error.is_none());
+        let session: Value = serde_json::from_str(&table.get_json("t").unwrap()).unwrap();
+        assert_eq!(session["last_heartbeat"], Value::Null, "{session}");
     }
 
     #[test]
