@@ -1,10 +1,12 @@
 //! Published events: validating a `POST /events` body, and the event itself,
 //! stored once and shared by every session that retains it.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::preferences::Priority;
@@ -57,8 +59,13 @@ pub fn parse_publish_body(body: &str) -> Result<Vec<NewEvent>, String> {
 }
 
 fn parse_item(text: &str) -> Result<NewEvent, String> {
-    let fields: std::collections::BTreeMap<String, &RawValue> =
+    let Fields(mut fields) =
         serde_json::from_str(text).map_err(|_| "an event must be a JSON object".to_string())?;
+    // Checked by name order, as a map would iterate them.
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(twice) = fields.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(format!("field \"{}\" is given twice", twice[0].0));
+    }
     let mut event_type = None;
     let mut data = None;
     let mut priority = Priority::Medium;
@@ -102,6 +109,30 @@ fn parse_item(text: &str) -> Result<NewEvent, String> {
         priority,
         targets,
     })
+}
+
+/// An event object's fields, every one of them: a map would keep only the
+/// last value of a name given twice, and such an event is refused instead.
+struct Fields<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Visit<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visit(PhantomData))
+    }
 }
 
 /// Counts the events alive anywhere in the server: the distinct events of the
@@ -297,6 +328,17 @@ mod tests {
         }
         let too_many = format!("[{}]", vec![r#"{"event_type":"a"}"#; 1001].join(","));
         assert!(parse_publish_body(&too_many).is_err());
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_by_name() {
+        let error =
+            parse_publish_body(r#"[{"event_type":"a","priority":"low","priority":"high"}]"#)
+                .unwrap_err();
+        assert_eq!(error, r#"event 0: field "priority" is given twice"#);
+        // Inside `data` the publisher's JSON is kept as it came.
+        let kept = parse_publish_body(r#"{"event_type":"a","data":{"x":1,"x":2}}"#).unwrap();
+        assert_eq!(kept[0].data.get(), r#"{"x":1,"x":2}"#);
     }
 
     #[test]

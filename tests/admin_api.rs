@@ -31,6 +31,7 @@ fn bad_publish_bodies_are_rejected_and_publish_nothing() {
         json!({"event_type": "a", "priority": "urgent"}).to_string(),
         json!({"event_type": "a", "targets": []}).to_string(),
         json!({"event_type": "a", "unknown": 1}).to_string(),
+        r#"{"event_type":"a","event_type":"b"}"#.into(),
         json!([{"event_type": "ok"}, {"event_type": 5}]).to_string(),
         Value::Array(vec![json!({"event_type": "a"}); 1001]).to_string(),
     ];
