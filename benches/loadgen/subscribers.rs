@@ -98,39 +98,40 @@ impl Subscribers {
 
 /// One polling thread: reads its clients as they become readable until
 /// each has read everything, ended, or seen nothing for [`TIMEOUT`].
-fn poll(mut clients: Vec<(Ws, Reading)>) -> Vec<Received> {
+fn poll(clients: Vec<(Ws, Reading)>) -> Vec<Received> {
     let epoll = Epoll::new().expect("epoll");
-    for (i, (ws, _)) in clients.iter().enumerate() {
+    let mut open: Vec<(Ws, Option<Reading>)> = Vec::with_capacity(clients.len());
+    for (i, (ws, reading)) in clients.into_iter().enumerate() {
         ws.get_ref().set_nonblocking(true).expect("non-blocking");
         epoll.add(ws.get_ref(), i as u64).expect("epoll add");
+        open.push((ws, Some(reading)));
     }
-    let mut ended: Vec<Option<Option<&str>>> = vec![None; clients.len()];
-    let mut open = clients.len();
+    let mut results: Vec<Option<Received>> = open.iter().map(|_| None).collect();
+    let mut left = open.len();
     let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 256];
-    while open > 0 {
+    while left > 0 {
         let n = epoll.wait(&mut ready).expect("epoll wait");
         if n == 0 {
-            ended
-                .iter_mut()
-                .filter(|e| e.is_none())
-                .for_each(|e| *e = Some(Some("timed out")));
+            for ((_, reading), result) in open.iter_mut().zip(&mut results) {
+                if let Some(reading) = reading.take() {
+                    *result = Some(reading.finish(Some("timed out")));
+                }
+            }
             break;
         }
         for event in &ready[..n] {
             let i = { event.u64 } as usize;
-            let (ws, reading) = &mut clients[i];
-            if let Some(end) = read_ready(ws, reading) {
-                epoll.delete(ws.get_ref()).expect("epoll delete");
-                ended[i] = Some(end);
-                open -= 1;
-            }
+            let (ws, reading) = &mut open[i];
+            let Some(end) = read_ready(ws, reading.as_mut().expect("still open")) else {
+                continue;
+            };
+            epoll.delete(ws.get_ref()).expect("epoll delete");
+            // Finished now, so that a complete reading records when.
+            results[i] = reading.take().map(|r| r.finish(end));
+            left -= 1;
         }
     }
-    clients
-        .into_iter()
-        .zip(ended)
-        .map(|((_, reading), end)| reading.finish(end.flatten()))
-        .collect()
+    results.into_iter().map(|r| r.expect("finished")).collect()
 }
 
 /// Reads all that `ws` has: `None` while more is wanted, `Some(None)` once
