@@ -114,7 +114,7 @@ impl ConnIo {
     /// place in the output, instead of in a `String` that tungstenite would
     /// then copy into its buffer and hand on to this one.
     ///
-    /// Only for a `WebSocket` that [can write](WebSocket::can_write): then
+    /// Only for a `WebSocket` that [can write](tungstenite::WebSocket::can_write): then
     /// tungstenite's own buffer is empty (`WS_WRITE_BUFFER` is 0 and writes
     /// here never fail), so frames stay in order.
     pub(crate) fn write_text_frame(&mut self, len: usize, fill: impl FnOnce(&mut Vec<u8>)) {
