@@ -217,20 +217,44 @@ impl TempDir {
         &self.0
     }
 
-    /// The bytes of every file in the directory.
+    /// The bytes of every file in the directory, from one listing in which
+    /// every file listed was read.
+    ///
+    /// A running server's store thread renames a snapshot's temporary file
+    /// into place and deletes the files the new snapshot made obsolete
+    /// (`store.rs`, `take_snapshot`), so a file listed may be gone by the
+    /// time it is read. Such a listing is thrown away and the directory
+    /// read again, rather than failing or returning it without that file
+    /// (whose bytes may be what the caller looks for).
     pub fn contents(&self) -> Vec<(String, Vec<u8>)> {
-        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .map(|p| {
-                (
-                    p.file_name().unwrap().to_string_lossy().into_owned(),
-                    std::fs::read(&p).unwrap(),
-                )
-            })
-            .collect();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self.read_every_file() {
+                Ok(files) => return files,
+                Err(vanished) => assert!(
+                    Instant::now() < deadline,
+                    "files kept vanishing while {} was read ({vanished} last)",
+                    self.0.display()
+                ),
+            }
+        }
+    }
+
+    /// Every file's name and bytes, sorted by name; or the name of a file
+    /// that was listed but gone when it was opened.
+    fn read_every_file(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.0).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            match std::fs::read(&path) {
+                Ok(bytes) => files.push((name, bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(name),
+                Err(e) => panic!("reading {}: {e}", path.display()),
+            }
+        }
         files.sort();
-        files
+        Ok(files)
     }
 }
 
