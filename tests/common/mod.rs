@@ -222,7 +222,7 @@ impl TempDir {
     ///
     /// A running server's store thread renames a snapshot's temporary file
     /// into place and deletes the files the new snapshot made obsolete
-    /// (`store.rs`, `take_snapshot`), so a file listed may be gone by the
+    /// (`store/thread.rs`, `take_snapshot`), so a file listed may be gone by the
     /// time it is read. Such a listing is thrown away and the directory
     /// read again, rather than failing or returning it without that file
     /// (whose bytes may be what the caller looks for).
