@@ -339,8 +339,13 @@ impl Session {
             return nothing(Then::Idle);
         };
         let start = (sent_seq + 1).max(self.first_retained_seq());
-        // Ids grow with seqs, so the durable events are a prefix.
-        let durable = self.retained.partition_point(|e| e.id <= durable_id) as u64;
+        // Ids grow with seqs, so the durable events are a prefix; usually
+        // all of them, which the last one tells without a search through
+        // events that are each an allocation of their own.
+        let durable = match self.retained.back() {
+            Some(last) if last.id <= durable_id => self.retained.len(),
+            _ => self.retained.partition_point(|e| e.id <= durable_id),
+        } as u64;
         let end = self.first_retained_seq() + durable - 1;
         let waiting = if end < self.current_seq {
             Then::Durable
