@@ -7,7 +7,7 @@
 //! and a connection refused by the contract gets its error message and a
 //! 1008 close.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -222,13 +222,39 @@ fn answer_non_upgrade(stream: &TcpStream, head: &[u8]) {
         ),
         None => (400, "Bad Request", "", "bad_request", "not an HTTP request"),
     };
+    let _ = (&*stream).write_all(raw_error(status, text, extra, code, message).as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Answers 503 to a connection the listener has no thread for, without
+/// ever blocking the listener: what the client sent so far is read first,
+/// so the close does not reset the connection under an unread request
+/// where that can be helped, then the answer goes out if the socket takes
+/// it at once. A request still to come meets a reset; the answer, already
+/// in the client's socket, is still there to read.
+pub(crate) fn refuse_without_a_thread(stream: &TcpStream) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let _ = (&*stream).read(&mut [0u8; 4096]);
+    let answer = raw_error(
+        503,
+        "Service Unavailable",
+        "",
+        "too_many_connections",
+        "the server is at --max-connections; retry later",
+    );
+    let _ = (&*stream).write(answer.as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// A whole HTTP error response with tether's JSON error body.
+fn raw_error(status: u16, text: &str, extra: &str, code: &str, message: &str) -> String {
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    let response = format!(
+    format!(
         "HTTP/1.1 {status} {text}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
-    let _ = (&*stream).write_all(response.as_bytes());
-    let _ = stream.shutdown(Shutdown::Write);
+    )
 }
 
 fn request_path(head: &[u8]) -> Option<String> {

@@ -14,7 +14,8 @@ use crate::handshake;
 use crate::server::Shared;
 
 /// Connection threads may exceed `--max-connections` by this many, so that
-/// clients over the limit still get their HTTP 503 instead of a reset.
+/// clients over the limit get their HTTP 503 after a whole request. Beyond
+/// it, the listener answers without reading the request through.
 const HANDSHAKE_SLACK: usize = 64;
 /// The handshake thread's stack; tungstenite's handshake keeps its request
 /// headers on the stack. Only the pages actually touched count towards memory.
@@ -57,8 +58,9 @@ pub(crate) fn run(shared: Arc<Shared>, listener: TcpListener) {
         if shared.conn_threads.fetch_add(1, Ordering::AcqRel) >= limit {
             shared.conn_threads.fetch_sub(1, Ordering::AcqRel);
             warn_rarely(format!(
-                "over --max-connections; dropping a connection from {remote}"
+                "over --max-connections; refusing connections (one from {remote})"
             ));
+            handshake::refuse_without_a_thread(&stream);
             continue;
         }
         let thread_shared = Arc::clone(&shared);

@@ -254,6 +254,28 @@ fn upgrades_over_max_connections_get_503() {
 }
 
 #[test]
+fn upgrades_beyond_the_handshake_threads_still_get_503() {
+    let server = start_with(Config {
+        max_connections: 1,
+        ..config()
+    });
+    let (_a, _) = server.new_session("h1");
+    // Silent sockets hold the 64 handshake threads allowed beyond the
+    // limit for up to 10 s each; the listener takes them before the next.
+    let _silent: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(server.ws).unwrap())
+        .collect();
+    match tungstenite::connect(server.url("client_id=h2")) {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("too_many_connections"), "{body}");
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
 fn an_upgrade_request_sent_a_byte_at_a_time_is_cut_after_10_s() {
     let server = start();
     let mut stream = TcpStream::connect(server.ws).unwrap();
