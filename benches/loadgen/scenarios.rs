@@ -283,7 +283,7 @@ impl Latency {
         }
         let mut all: Vec<u32> = all.into_iter().map(|(_, latency)| latency).collect();
         all.sort_unstable();
-        let ms = |q: f64| f64::from(crate::percentile(&all, q)) / 1000.0;
+        let ms = |q: f64| f64::from(crate::table::percentile(&all, q)) / 1000.0;
         Latency {
             p50: ms(0.50),
             p99: ms(0.99),
@@ -302,7 +302,7 @@ fn print_series(name: &str, samples: &mut [(u32, u32)]) {
     for bucket in samples.chunk_by(|a, b| (a.0 - first) / 100 == (b.0 - first) / 100) {
         let mut latencies: Vec<u32> = bucket.iter().map(|s| s.1).collect();
         latencies.sort_unstable();
-        let ms = |q: f64| crate::percentile(&latencies, q) / 1000;
+        let ms = |q: f64| crate::table::percentile(&latencies, q) / 1000;
         line += &format!(
             " {}:{}/{}",
             (bucket[0].0 - first) / 100 * 100,
