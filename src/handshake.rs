@@ -30,6 +30,12 @@ use crate::protocol::{ConnectQuery, WireError};
 use crate::server::Shared;
 use crate::session_table::OpenRequest;
 
+/// The answer to an upgrade over `--max-connections`, whether a handshake
+/// thread or the listener itself gives it.
+const TOO_MANY_CONNECTIONS: (&str, &str) = (
+    "too_many_connections",
+    "the server is at --max-connections; retry later",
+);
 /// How long a client may take over its whole upgrade request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// tungstenite's own input buffer; its default of 128 KiB per connection is
@@ -108,11 +114,8 @@ pub(crate) fn accept(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr)
             })
             .is_ok();
         if !admitted {
-            return Err(http_error(
-                503,
-                "too_many_connections",
-                "the server is at --max-connections; retry later",
-            ));
+            let (code, message) = TOO_MANY_CONNECTIONS;
+            return Err(http_error(503, code, message));
         }
         upgrade.admitted = true;
         upgrade.query = ConnectQuery::parse(req.uri().query().unwrap_or(""));
@@ -189,7 +192,7 @@ pub(crate) fn accept(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr)
 }
 
 fn http_error(status: u16, code: &str, message: &str) -> ErrorResponse {
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let body = error_body(code, message);
     let mut resp = ErrorResponse::new(Some(body.clone()));
     *resp.status_mut() = tungstenite::http::StatusCode::from_u16(status).expect("valid status");
     let headers = resp.headers_mut();
@@ -237,20 +240,20 @@ pub(crate) fn refuse_without_a_thread(stream: &TcpStream) {
         return;
     }
     let _ = (&*stream).read(&mut [0u8; 4096]);
-    let answer = raw_error(
-        503,
-        "Service Unavailable",
-        "",
-        "too_many_connections",
-        "the server is at --max-connections; retry later",
-    );
+    let (code, message) = TOO_MANY_CONNECTIONS;
+    let answer = raw_error(503, "Service Unavailable", "", code, message);
     let _ = (&*stream).write(answer.as_bytes());
     let _ = stream.shutdown(Shutdown::Write);
 }
 
+/// tether's JSON error body, as the admin API answers too.
+fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
 /// A whole HTTP error response with tether's JSON error body.
 fn raw_error(status: u16, text: &str, extra: &str, code: &str, message: &str) -> String {
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let body = error_body(code, message);
     format!(
         "HTTP/1.1 {status} {text}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
