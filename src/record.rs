@@ -64,6 +64,10 @@ pub(crate) struct Resumed {
 pub(crate) struct Disconnected {
     pub client_id: String,
     pub at: u64,
+    /// The session's highest seq written to a connection; absent in logs
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_seq: Option<u64>,
 }
 
 /// New preferences.

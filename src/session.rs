@@ -45,7 +45,9 @@ pub struct Session {
     current_seq: u64,
     acked_seq: u64,
     /// The highest seq ever written to a connection; releasing an event above
-    /// it before it is written makes the event "dropped".
+    /// it before it is written makes the event "dropped". Writes are not
+    /// logged: recovery takes it from disconnects and, while the log shows
+    /// the session connected, from every event (see `track`).
     written_seq: u64,
     retained: VecDeque<Arc<Event>>,
     missed_events: u64,
@@ -164,6 +166,11 @@ impl Session {
         self.acked_seq
     }
 
+    /// The highest seq ever written to a connection.
+    pub(crate) fn written_seq(&self) -> u64 {
+        self.written_seq
+    }
+
     /// How many events are retained.
     pub fn retained_len(&self) -> usize {
         self.retained.len()
@@ -179,7 +186,13 @@ impl Session {
     pub fn track(&mut self, event: Arc<Event>, max_retained: usize) -> bool {
         self.current_seq += 1;
         self.retained.push_back(event);
-        if !self.is_connected() && !self.replayed_connected {
+        if self.replayed_connected {
+            // What the connection was written is not in the log. Counting
+            // it all as written can miss a slow reader's drops; the other
+            // way, a client that never acks would show every release as
+            // a drop after each crash.
+            self.written_seq = self.current_seq;
+        } else if !self.is_connected() {
             self.missed_events += 1;
         }
         if self.retained.len() > max_retained {
@@ -440,8 +453,12 @@ impl Session {
         self.replayed_connected = true;
     }
 
-    /// Replays a disconnect from the log.
-    pub(crate) fn replay_disconnect(&mut self, at: u64) {
+    /// Replays a disconnect from the log, with the seq written by then
+    /// (`None` in logs from before it was recorded).
+    pub(crate) fn replay_disconnect(&mut self, at: u64, written_seq: Option<u64>) {
+        if let Some(written) = written_seq {
+            self.written_seq = written.min(self.current_seq);
+        }
         self.disconnected_at = Some(at);
         self.missed_events = 0;
         self.replayed_connected = false;
@@ -451,13 +468,17 @@ impl Session {
     /// when the server stopped is taken to have disconnected at `at`.
     pub(crate) fn mark_recovered(&mut self, at: u64) {
         self.replayed_connected = false;
-        let was_connected = match (self.connected_at, self.disconnected_at) {
+        if self.was_connected() || self.disconnected_at.is_none() {
+            self.disconnected_at = Some(at.max(self.connected_at.unwrap_or(0)));
+        }
+    }
+
+    /// Whether the session's last recorded change was a connection.
+    fn was_connected(&self) -> bool {
+        match (self.connected_at, self.disconnected_at) {
             (Some(c), Some(d)) => c > d,
             (Some(_), None) => true,
             _ => false,
-        };
-        if was_connected || self.disconnected_at.is_none() {
-            self.disconnected_at = Some(at.max(self.connected_at.unwrap_or(0)));
         }
     }
 
@@ -512,6 +533,8 @@ impl Session {
         session.dropped_events_total = record.dropped_events_total;
         session.reconnect_count = record.reconnect_count;
         session.retained = retained;
+        // The log after the snapshot replays over a connected session.
+        session.replayed_connected = session.was_connected();
         Some(session)
     }
 
@@ -610,6 +633,36 @@ mod tests {
 
     fn seqs(due: &Due) -> Vec<u64> {
         due.items.iter().map(|i| i.0).collect()
+    }
+
+    /// A snapshot's session, connected or not when it was taken, replayed
+    /// over: what the log cannot tell (writes) is taken as done while it
+    /// was connected, and as not done while it was away.
+    #[test]
+    fn a_restored_session_replays_events_as_its_state_was() {
+        for connected in [true, false] {
+            let mut s = Session::new("c1".into(), ClientType::Cli, TokenHash::generate().1, 0);
+            s.replay_create(5);
+            if !connected {
+                s.replay_disconnect(6, Some(0));
+            }
+            let (record, retained) = s.to_record();
+            let mut s = Session::from_record(record, retained.into()).unwrap();
+            for e in events(15) {
+                assert_eq!(s.track(e, 10), !connected && s.current_seq() > 10);
+            }
+            s.mark_recovered(7);
+            let view = serde_json::to_value(s.view()).unwrap();
+            let expected = if connected { (0, 0) } else { (5, 15) };
+            assert_eq!(
+                (
+                    view["dropped_events_total"].as_u64(),
+                    view["missed_events"].as_u64()
+                ),
+                (Some(expected.0), Some(expected.1)),
+                "connected: {connected}"
+            );
+        }
     }
 
     #[test]

@@ -257,19 +257,21 @@ impl SessionTable {
     /// Marks `conn`'s session disconnected if `conn` is still its connection.
     pub(crate) fn disconnect(&self, conn: &Conn, now: u64) -> bool {
         let mut sessions = self.lock();
-        let done = sessions
-            .get_mut(&conn.client_id)
-            .is_some_and(|s| s.disconnect(conn, now));
+        let Some(session) = sessions.get_mut(&conn.client_id) else {
+            return false;
+        };
+        let done = session.disconnect(conn, now);
         if done {
-            self.journal_disconnect(&conn.client_id, now);
+            self.journal_disconnect(session, now);
         }
         done
     }
 
-    fn journal_disconnect(&self, client_id: &str, at: u64) {
+    fn journal_disconnect(&self, session: &Session, at: u64) {
         let record = record::Disconnected {
-            client_id: client_id.to_string(),
+            client_id: session.client_id.to_string(),
             at,
+            written_seq: Some(session.written_seq()),
         };
         self.journal(record::kind::DISCONNECTED, &record);
     }
@@ -511,7 +513,7 @@ impl SessionTable {
         let conn = session.conn.clone();
         if let Some(conn) = &conn {
             session.disconnect(conn, now);
-            self.journal_disconnect(client_id, now);
+            self.journal_disconnect(session, now);
         }
         Some(conn)
     }

@@ -372,6 +372,64 @@ fn the_directory_stays_bounded_across_restarts() {
     assert!(sizes[5] < sizes[2] * 2, "{sizes:?}");
 }
 
+/// The log does not record what was written to each connection, yet after
+/// a crash a session that read everything and never acknowledged shows no
+/// drops, whether it had disconnected or was still connected, and one that
+/// missed events still shows them dropped.
+#[test]
+fn a_crash_does_not_turn_written_events_into_dropped_ones() {
+    let dir = TempDir::new("dropped");
+    let data = dir.path().to_str().unwrap().to_string();
+    let args = [
+        "--data-dir",
+        &data,
+        "--max-missed-events",
+        "10",
+        "--no-heartbeat",
+    ];
+    let mut first = Process::start(&args, &[]);
+    let dropped = |server: &Process, id: &str| {
+        server.get(&format!("/reconnection/sessions/{id}"))["dropped_events_total"].clone()
+    };
+    let wait_disconnected = |server: &Process, id: &str| {
+        wait_until(&format!("{id} disconnected"), || {
+            server.get(&format!("/reconnection/sessions/{id}"))["state"] == "disconnected"
+        })
+    };
+    let connect = |id: &str| {
+        let mut client = Client::connect(&first.url(&format!("client_id={id}&client_type=cli")));
+        assert_eq!(client.recv_json()["type"], "connection_established");
+        client
+    };
+    let (mut left, mut stayed, away) = (connect("left"), connect("stayed"), connect("away"));
+    away.close();
+    wait_disconnected(&first, "away");
+    // No more at once than a session retains, each read before the next.
+    for round in 1..=3 {
+        publish_to(&first, 10);
+        for client in [&mut left, &mut stayed] {
+            assert_eq!(seqs(&client.recv_events(10)).last(), Some(&(round * 10)));
+        }
+    }
+    left.close();
+    wait_disconnected(&first, "left");
+    publish_to(&first, 5);
+    assert_eq!(seqs(&stayed.recv_events(5)).last(), Some(&35));
+    // 25 of the 35 events were released: all written but to `away`.
+    let live: Vec<Value> = ["left", "stayed", "away"]
+        .iter()
+        .map(|id| dropped(&first, id))
+        .collect();
+    assert_eq!(live, vec![json!(0), json!(0), json!(25)]);
+
+    first.kill();
+    drop(stayed);
+    let second = Process::start(&args, &[]);
+    for (id, expected) in ["left", "stayed", "away"].iter().zip(&live) {
+        assert_eq!(&dropped(&second, id), expected, "{id} after the crash");
+    }
+}
+
 /// Publishes `n` events through `server`'s admin API; they must be accepted.
 fn publish_to(server: &Process, n: usize) {
     let events: Vec<Value> = (0..n)

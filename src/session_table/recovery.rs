@@ -56,7 +56,7 @@ impl SessionTable {
             Record::Disconnected(r) => {
                 seen(r.at);
                 if let Some(s) = sessions.get_mut(r.client_id.as_str()) {
-                    s.replay_disconnect(r.at);
+                    s.replay_disconnect(r.at, r.written_seq);
                 }
             }
             Record::Preferences(r) => {
