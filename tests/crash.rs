@@ -241,8 +241,7 @@ fn sigkill_loses_no_acknowledged_event_and_duplicates_none() {
     for client in &clients {
         let id = client.lock().unwrap().id.clone();
         wait_until(&format!("{id} catches up"), || {
-            let session = server.get(&format!("/reconnection/sessions/{id}"));
-            session["current_seq"].as_u64() == Some(client.lock().unwrap().last_seq)
+            server.session(&id)["current_seq"].as_u64() == Some(client.lock().unwrap().last_seq)
         });
     }
     stop.store(true, Ordering::Relaxed);

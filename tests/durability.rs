@@ -388,14 +388,7 @@ fn a_crash_does_not_turn_written_events_into_dropped_ones() {
         "--no-heartbeat",
     ];
     let mut first = Process::start(&args, &[]);
-    let dropped = |server: &Process, id: &str| {
-        server.get(&format!("/reconnection/sessions/{id}"))["dropped_events_total"].clone()
-    };
-    let wait_disconnected = |server: &Process, id: &str| {
-        wait_until(&format!("{id} disconnected"), || {
-            server.get(&format!("/reconnection/sessions/{id}"))["state"] == "disconnected"
-        })
-    };
+    let dropped = |server: &Process, id: &str| server.session(id)["dropped_events_total"].clone();
     let connect = |id: &str| {
         let mut client = Client::connect(&first.url(&format!("client_id={id}&client_type=cli")));
         assert_eq!(client.recv_json()["type"], "connection_established");
@@ -403,7 +396,7 @@ fn a_crash_does_not_turn_written_events_into_dropped_ones() {
     };
     let (mut left, mut stayed, away) = (connect("left"), connect("stayed"), connect("away"));
     away.close();
-    wait_disconnected(&first, "away");
+    first.wait_state("away", "disconnected");
     // No more at once than a session retains, each read before the next.
     for round in 1..=3 {
         publish_to(&first, 10);
@@ -412,7 +405,7 @@ fn a_crash_does_not_turn_written_events_into_dropped_ones() {
         }
     }
     left.close();
-    wait_disconnected(&first, "left");
+    first.wait_state("left", "disconnected");
     publish_to(&first, 5);
     assert_eq!(seqs(&stayed.recv_events(5)).last(), Some(&35));
     // 25 of the 35 events were released: all written but to `away`.
@@ -478,8 +471,5 @@ fn a_second_server_on_a_directory_in_use_refuses_to_start_and_the_first_loses_no
     publish_to(&first, 200);
     first.kill();
     let restarted = Process::start(&["--data-dir", &data, "--no-heartbeat"], &[]);
-    assert_eq!(
-        restarted.get("/reconnection/sessions/d")["current_seq"],
-        300
-    );
+    assert_eq!(restarted.session("d")["current_seq"], 300);
 }

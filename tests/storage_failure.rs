@@ -76,14 +76,12 @@ fn a_failed_data_directory_degrades_health_and_hands_out_no_token() {
     let reply = kept.recv_json();
     assert_eq!(reply["type"], "error", "{reply}");
     assert_eq!(reply["code"], "storage_unavailable");
-    let session = server.get("/reconnection/sessions/kept");
+    let session = server.session("kept");
     assert_eq!(session["preferences"]["event_types"], json!(["k.*"]));
 
     // A session saved before the failure still resumes with its token.
     drop(kept);
-    wait_until("kept disconnects", || {
-        server.get("/reconnection/sessions/kept")["state"] == "disconnected"
-    });
+    server.wait_state("kept", "disconnected");
     let mut again =
         Client::connect(&server.url(&format!("client_id=kept&resume_token={token}&last_seq=0")));
     assert_eq!(again.recv_json()["type"], "reconnection_sync");

@@ -118,6 +118,18 @@ impl Process {
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
     }
 
+    /// The admin API's `<session>` object for `id`.
+    pub fn session(&self, id: &str) -> Value {
+        self.get(&format!("/reconnection/sessions/{id}"))
+    }
+
+    /// Waits until the session's state is `state`.
+    pub fn wait_state(&self, id: &str, state: &str) {
+        super::wait_until(&format!("{id} becomes {state}"), || {
+            self.session(id)["state"] == state
+        });
+    }
+
     /// A GET, or a POST of `body`, to the admin API: the status and the
     /// body, whatever the status.
     pub fn http(&self, path: &str, body: Option<&str>) -> (u16, String) {
