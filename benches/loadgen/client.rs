@@ -2,13 +2,16 @@
 //! limit, and reading events while checking their order.
 
 use std::net::{SocketAddr, TcpStream};
+use std::ops::Range;
 use std::sync::OnceLock;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+use crate::scenarios::CLIENT_STACK;
 use crate::server::{Kind, Server};
 
 pub type Ws = WebSocket<TcpStream>;
@@ -45,6 +48,37 @@ pub fn connect(addr: SocketAddr, query: &str, read_buffer: Option<usize>) -> Ws 
         .0
 }
 
+/// Opens connection `i` with `open(i)` for each `i` of `range`, in order.
+/// mosquitto answers a WebSocket client only on a 100 ms tick while it is
+/// otherwise idle (see BENCHMARKS.md), so its clients are opened 100 at a
+/// time; every other server's one at a time, as they always were.
+pub fn open_many(kind: Kind, range: Range<usize>, open: impl Fn(usize) -> Ws + Sync) -> Vec<Ws> {
+    let parallel = if kind == Kind::Mosquitto { 100 } else { 1 };
+    if parallel == 1 {
+        return range.map(open).collect();
+    }
+    let open = &open;
+    let mut opened: Vec<(usize, Ws)> = thread::scope(|scope| {
+        let threads: Vec<_> = (0..parallel)
+            .map(|k| {
+                let mine = range.clone().skip(k).step_by(parallel);
+                thread::Builder::new()
+                    .stack_size(CLIENT_STACK)
+                    .spawn_scoped(scope, move || {
+                        mine.map(|i| (i, open(i))).collect::<Vec<_>>()
+                    })
+                    .expect("a connecting thread")
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("connecting thread"))
+            .collect()
+    });
+    opened.sort_by_key(|(i, _)| *i);
+    opened.into_iter().map(|(_, ws)| ws).collect()
+}
+
 /// Reads the next text message as JSON.
 pub fn recv_json(ws: &mut Ws) -> Value {
     loop {
@@ -63,8 +97,14 @@ pub fn send_json(ws: &mut Ws, text: String) {
 
 /// A subscriber ready for a throughput run. With tether it is a `cli`
 /// session whose rate limit is lifted to 10000 events/s; returns the
-/// resume token too (empty for the baseline).
+/// resume token too (empty for the baseline and mosquitto).
 pub fn subscribe(server: &Server, id: &str, read_buffer: Option<usize>) -> (Ws, String) {
+    if server.kind == Kind::Mosquitto {
+        return (
+            crate::mqtt::subscriber(server, id, 0, read_buffer),
+            String::new(),
+        );
+    }
     let query = format!("client_id={id}&client_type=cli");
     let mut ws = connect(server.ws, &query, read_buffer);
     if server.kind == Kind::Baseline {
@@ -127,6 +167,8 @@ pub struct Reading {
     ack_every: Option<u64>,
     latency: bool,
     got: Received,
+    /// The MQTT packets read so far, for a subscriber of mosquitto.
+    pub(crate) mqtt: crate::mqtt::Packets,
 }
 
 impl Reading {
@@ -140,6 +182,7 @@ impl Reading {
             ack_every,
             latency,
             got: Received::default(),
+            mqtt: Default::default(),
         }
     }
 
@@ -169,6 +212,24 @@ impl Reading {
         (seq % every == 0).then(|| format!(r#"{{"type":"ack","seq":{seq}}}"#))
     }
 
+    /// Takes a text message (tether's, the baseline's) or a binary one
+    /// (MQTT, from mosquitto); returns the acknowledgements to send.
+    pub fn take_message(&mut self, message: &Message) -> Vec<Message> {
+        match message {
+            Message::Text(text) => self
+                .take(text.as_str())
+                .map(Message::text)
+                .into_iter()
+                .collect(),
+            Message::Binary(bytes) => self
+                .take_mqtt(bytes)
+                .into_iter()
+                .map(Message::binary)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// What was read: complete, or cut short by `ended` (what ended it; an
     /// order error seen before stays the one reported).
     pub fn finish(mut self, ended: Option<&str>) -> Received {
@@ -190,10 +251,10 @@ pub fn receive(ws: &mut Ws, mut reading: Reading) -> Received {
             break None;
         }
         match ws.read() {
-            Ok(Message::Text(text)) => {
-                if let Some(ack) = reading.take(text.as_str()) {
+            Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+                for ack in reading.take_message(&message) {
                     // A connection that ended fails the next read.
-                    let _ = ws.send(Message::text(ack));
+                    let _ = ws.send(ack);
                 }
             }
             Ok(Message::Close(_)) | Err(_) => break Some("connection ended"),

@@ -104,15 +104,20 @@ pub fn serve() {
     }
 }
 
-/// A text frame with the event message tether sends for an M2b event.
-fn event_frame(seq: u64, t: u64) -> Vec<u8> {
-    let message = format!(
+/// The event message tether sends for an M2b event published at `t`.
+pub fn event_message(seq: u64, t: u64) -> String {
+    format!(
         r#"{{"type":"event","seq":{seq},"id":{seq},"event_type":"bench.tick","priority":"high","timestamp":{},"data":{{"t":{t:>16},"pad":"{}"}},"replayed":false}}"#,
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis()),
         "x".repeat(112)
-    );
+    )
+}
+
+/// A text frame with [`event_message`].
+fn event_frame(seq: u64, t: u64) -> Vec<u8> {
+    let message = event_message(seq, t);
     let mut frame = Vec::with_capacity(message.len() + 4);
     FrameHeader {
         opcode: OpCode::Data(Data::Text),

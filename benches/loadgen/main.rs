@@ -3,18 +3,21 @@
 //! (`examples/baseline.rs`) as child processes on loopback ports, runs each
 //! scenario against them, and prints one table of medians with the ratios
 //! and the targets. M2b also measures its floor (`floor.rs`): the same
-//! clients fed by a server that does nothing but write.
+//! clients fed by a server that does nothing but write. Where `mosquitto`
+//! is installed, a second table measures it as the peer (`mqtt.rs`): idle
+//! memory and CPU, M2b and M3 with the same clients.
 //!
 //!     make bench        # quick: under 3 minutes on 2 cores
 //!     make bench-full   # what BENCHMARKS.md reports
 //!     cargo bench --bench loadgen -- --quick --only m2,m3
 //!     cargo bench --bench loadgen -- --only m2 --runs 1 --fanout 1000x4000
 //!
-//! `--only` takes m1 (M1 and M1b), m2, m2b, m3, m4, publish and size;
-//! `--runs`, `--fanout NxE` and `--latency NxR` (M2b's clients and rate)
-//! override the plan and `--tether-only` skips the baseline, for
+//! `--only` takes m1 (M1 and M1b), m2, m2b, m3, m4, publish, peers and
+//! size; `--runs`, `--fanout NxE` and `--latency NxR` (M2b's clients and
+//! rate) override the plan and `--tether-only` skips the baseline, for
 //! profiling. With `BENCH_TETHER=PATH` another tether binary is measured
-//! (one with symbols, for perf or valgrind); with `BENCH_SERIES=1` each M2b
+//! (one with symbols, for perf or valgrind), with `BENCH_MOSQUITTO=PATH`
+//! another mosquitto; with `BENCH_SERIES=1` each M2b
 //! run also prints its p50 / p99 per 100 ms of publishing, and with
 //! `BENCH_THREAD_CLIENTS=1` M2b's subscribers get a thread each instead of
 //! sharing a few polling threads (`subscribers.rs`).
@@ -31,6 +34,7 @@
 
 mod client;
 mod floor;
+mod mqtt;
 mod plan;
 mod runs;
 mod scenarios;
@@ -40,7 +44,10 @@ mod table;
 
 use std::time::Instant;
 
-use runs::{run_cut, run_disconnected, run_fanout, run_idle, run_latency, run_publish, run_replay};
+use runs::{
+    run_cut, run_disconnected, run_fanout, run_idle, run_latency, run_peers, run_publish,
+    run_replay,
+};
 use table::{median, percentile, print_header, Table, Target};
 
 fn main() {
@@ -80,6 +87,9 @@ fn main() {
     if wanted("publish") {
         run_publish(plan, &mut table);
     }
+    if wanted("peers") {
+        run_peers(plan, &mut table);
+    }
     if wanted("size") {
         let bytes = std::fs::metadata(server::tether_binary()).map_or(0, |m| m.len());
         table.row(
@@ -110,4 +120,5 @@ fn self_check() {
     assert_eq!(percentile(&[1, 2, 3, 4], 0.5), 2);
     assert_eq!(percentile(&[1, 2, 3, 4], 0.99), 4);
     subscribers::self_check();
+    mqtt::self_check();
 }

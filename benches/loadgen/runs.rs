@@ -4,15 +4,18 @@
 use std::time::Duration;
 
 use crate::floor;
+use crate::mqtt;
 use crate::plan::Plan;
 use crate::scenarios::{self, Cut};
-use crate::server::{Kind, Server};
+use crate::server::{self, Kind, Server};
 use crate::table::{median, number, Table, Target};
 
 /// Idle connection counts (M1) and the one idle CPU is measured at (M1b).
 const IDLE_COUNTS: [usize; 2] = [1000, 5000];
 const IDLE_CPU_CLIENTS: usize = 1000;
 const IDLE_CPU_WINDOW: Duration = Duration::from_secs(10);
+/// The peer's one M2b run publishes this long at most.
+const PEER_LATENCY_SECONDS: u64 = 3;
 /// Disconnected sessions and the events each retains (M1).
 const AWAY_SESSIONS: usize = 2000;
 const AWAY_EVENTS: usize = 1000;
@@ -73,14 +76,18 @@ pub fn run_idle(table: &mut Table) {
     }
     table.row(
         "M1b",
-        &format!(
-            "CPU, {IDLE_CPU_CLIENTS} idle clients, {} s (% of a core)",
-            IDLE_CPU_WINDOW.as_secs()
-        ),
+        &idle_cpu_metric(),
         Some(t.cpu_percent),
         b.map(|b| b.cpu_percent),
         Target::Below(1.0),
     );
+}
+
+fn idle_cpu_metric() -> String {
+    format!(
+        "CPU, {IDLE_CPU_CLIENTS} idle clients, {} s (% of a core)",
+        IDLE_CPU_WINDOW.as_secs()
+    )
 }
 
 pub fn run_disconnected(table: &mut Table) {
@@ -151,6 +158,19 @@ pub fn run_fanout(plan: &Plan, table: &mut Table) {
     }
 }
 
+type Stat = fn(&scenarios::Latency) -> f64;
+
+/// M2b's rows: the name of each figure and where a run keeps it.
+const LATENCY_STATS: [(&str, Stat); 5] = [
+    ("p50 (ms)", |l| l.p50),
+    ("p99 (ms)", |l| l.p99),
+    ("max (ms)", |l| l.max),
+    ("events/s the publisher achieved", |l| l.publish_rate),
+    ("k deliveries/s, first publish to last delivery", |l| {
+        l.deliveries_per_second / 1000.0
+    }),
+];
+
 pub fn run_latency(plan: &Plan, table: &mut Table) {
     let (clients, rate) = plan.latency;
     let mut samples: [Vec<scenarios::Latency>; 2] = [Vec::new(), Vec::new()];
@@ -190,21 +210,12 @@ pub fn run_latency(plan: &Plan, table: &mut Table) {
             ));
         }
     }
-    let stat = |k: usize, f: fn(&scenarios::Latency) -> f64| {
-        Some(median(&samples[k].iter().map(f).collect::<Vec<_>>()))
-    };
-    type Stat = fn(&scenarios::Latency) -> f64;
-    let rows: [(&str, Stat, Target); 4] = [
-        ("p50 (ms)", |l| l.p50, Target::None),
-        ("p99 (ms)", |l| l.p99, Target::AtMost(10.0)),
-        ("max (ms)", |l| l.max, Target::None),
-        (
-            "events/s the publisher achieved",
-            |l| l.publish_rate,
-            Target::None,
-        ),
-    ];
-    for (name, f, target) in rows {
+    let stat = |k: usize, f: Stat| Some(median(&samples[k].iter().map(f).collect::<Vec<_>>()));
+    for (name, f) in LATENCY_STATS {
+        let target = match name {
+            "p99 (ms)" => Target::AtMost(10.0),
+            _ => Target::None,
+        };
         table.row(
             "M2b",
             &format!("{clients} clients, {rate} events/s: {name}"),
@@ -242,7 +253,7 @@ pub fn run_replay(plan: &Plan, table: &mut Table) {
     ));
     let (mut times, errors) = scenarios::replay(plan.replay_trials, REPLAY_EVENTS);
     times.sort_by(f64::total_cmp);
-    let name = format!("replay {REPLAY_EVENTS} missed, connect to last event");
+    let name = replay_metric();
     table.row(
         "M3",
         &format!("{name}: median (ms)"),
@@ -250,11 +261,10 @@ pub fn run_replay(plan: &Plan, table: &mut Table) {
         None,
         Target::AtMost(5.0),
     );
-    let p95 = times[((times.len() as f64 * 0.95).ceil() as usize).clamp(1, times.len()) - 1];
     table.row(
         "M3",
         &format!("{name}: p95 (ms)"),
-        Some(p95),
+        Some(p95(&times)),
         None,
         Target::None,
     );
@@ -263,6 +273,15 @@ pub fn run_replay(plan: &Plan, table: &mut Table) {
         "replays out of order, incomplete or repeated",
         &errors,
     );
+}
+
+fn replay_metric() -> String {
+    format!("replay {REPLAY_EVENTS} missed, connect to last event")
+}
+
+/// The 95th percentile of sorted `times`, by the nearest rank.
+fn p95(times: &[f64]) -> f64 {
+    times[((times.len() as f64 * 0.95).ceil() as usize).clamp(1, times.len()) - 1]
 }
 
 pub fn run_cut(plan: &Plan, table: &mut Table) {
@@ -311,4 +330,82 @@ pub fn run_publish(plan: &Plan, table: &mut Table) {
             Target::None,
         );
     }
+}
+
+/// The peer: mosquitto's idle memory and CPU, M2b and M3 with the same
+/// clients and plan, after tether's own runs (so `--only` must name the
+/// matching tether scenarios too for its column to fill). Skipped, with a
+/// remark, when mosquitto is not installed.
+pub fn run_peers(plan: &Plan, table: &mut Table) {
+    if !server::mosquitto_installed() {
+        table
+            .remarks
+            .push("the peer: mosquitto not found, skipped (apt-get install mosquitto)".into());
+        return;
+    }
+    let peer = Kind::Mosquitto;
+    progress("the peer: M1/M1b idle clients, mosquitto");
+    let idle = scenarios::idle(peer, &IDLE_COUNTS, IDLE_CPU_CLIENTS, IDLE_CPU_WINDOW);
+    table.peer(
+        "M1",
+        "RSS with no clients (MiB)",
+        Some(idle.rss_idle as f64 / (1024.0 * 1024.0)),
+    );
+    for &(n, bytes) in &idle.per_conn {
+        table.peer(
+            "M1",
+            &format!("per idle connection, N={n} (KiB)"),
+            Some(bytes / 1024.0),
+        );
+    }
+    table.peer("M1b", &idle_cpu_metric(), Some(idle.cpu_percent));
+
+    // Over WebSocket mosquitto delivers far fewer than M2b's million
+    // messages a second, so its runs take many times their publishing
+    // time to drain: one short run.
+    let (clients, rate) = plan.latency;
+    let seconds = plan.latency_seconds.min(PEER_LATENCY_SECONDS);
+    progress(&format!(
+        "the peer: M2b latency, {clients} clients at {rate}/s for {seconds} s, mosquitto"
+    ));
+    let server = Server::start(peer, &[]);
+    let runs = [scenarios::latency(&server, clients, rate, seconds)];
+    drop(server);
+    table.remarks.push(format!(
+        "the peer's M2b: one run of {seconds} s of publishing; a server that falls \
+         behind shows latencies that grow with the run's length"
+    ));
+    for (name, f) in LATENCY_STATS {
+        table.peer(
+            "M2b",
+            &format!("{clients} clients, {rate} events/s: {name}"),
+            Some(median(&runs.iter().map(f).collect::<Vec<_>>())),
+        );
+    }
+
+    let mut problems = Vec::new();
+    for (websocket, over) in [(true, ""), (false, ", plain MQTT")] {
+        progress(&format!(
+            "the peer: M3 replay of {REPLAY_EVENTS} missed events{over}, {} trials, mosquitto",
+            plan.replay_trials
+        ));
+        let (mut times, errors) = mqtt::replay_trials(plan.replay_trials, REPLAY_EVENTS, websocket);
+        times.sort_by(f64::total_cmp);
+        let name = format!("{}{over}", replay_metric());
+        table.peer("M3", &format!("{name}: median (ms)"), Some(median(&times)));
+        table.peer("M3", &format!("{name}: p95 (ms)"), Some(p95(&times)));
+        problems.extend(errors);
+    }
+    let problems: Vec<String> = runs
+        .iter()
+        .flat_map(|l| l.errors.iter().cloned())
+        .chain(problems)
+        .map(|e| format!("mosquitto: {e}"))
+        .collect();
+    table.peer(
+        "checks",
+        "clients not getting every event in order (M2b, M3)",
+        Some(problems.len() as f64),
+    );
+    table.remarks.extend(problems.into_iter().take(5));
 }

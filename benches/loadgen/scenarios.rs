@@ -9,6 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, event_seq, now_us, recv_json, send_json, subscribe, Reading, Ws};
+use crate::floor;
+use crate::mqtt;
 use crate::server::{Kind, Server};
 use crate::subscribers::{Readers, Subscribers};
 
@@ -68,10 +70,10 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
     let mut per_conn = Vec::new();
     let mut cpu_percent = f64::NAN;
     for &n in counts {
-        while clients.len() < n {
-            let id = format!("idle-{}", clients.len());
-            clients.push(open_idle(&server, &id));
-        }
+        let more = client::open_many(kind, clients.len()..n, |i| {
+            open_idle(&server, &format!("idle-{i}"))
+        });
+        clients.extend(more);
         if kind == Kind::Tether {
             server.wait_connected(n as u64);
         }
@@ -91,8 +93,12 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
     }
 }
 
-/// An idle client: tether's first message read, nothing more.
+/// An idle client: tether's first message read, nothing more (for
+/// mosquitto: connected and subscribed).
 fn open_idle(server: &Server, id: &str) -> Ws {
+    if server.kind == Kind::Mosquitto {
+        return mqtt::subscriber(server, id, 0, client::IDLE_READ_BUFFER);
+    }
     let mut ws = client::connect(
         server.ws,
         &format!("client_id={id}&client_type=cli"),
@@ -169,10 +175,9 @@ fn start_subscribers(server: &Server, ids: &[String], events: u64, latency: bool
         true => (Readers::for_latency(), client::LATENCY_READ_BUFFER),
         false => (Readers::ThreadEach, None),
     };
-    let sockets = ids
-        .iter()
-        .map(|id| subscribe(server, id, read_buffer).0)
-        .collect();
+    let sockets = client::open_many(server.kind, 0..ids.len(), |i| {
+        subscribe(server, &ids[i], read_buffer).0
+    });
     Subscribers::start(sockets, readers, || {
         Reading::new(events, first_seq, ack, latency)
     })
@@ -223,12 +228,15 @@ pub struct Latency {
     pub max: f64,
     /// Events per second the publisher achieved.
     pub publish_rate: f64,
+    /// Deliveries per second from the first publish to the last delivery:
+    /// short of clients x rate when the server falls behind.
+    pub deliveries_per_second: f64,
     pub errors: Vec<String>,
 }
 
 /// M2b: `n` subscribers; `rate` events per second for `seconds`, one event
-/// per request from [`LATENCY_PUBLISHERS`] threads, each stamped with its
-/// publish time.
+/// per request from [`LATENCY_PUBLISHERS`] threads (to mosquitto: one
+/// MQTT connection), each stamped with its publish time.
 ///
 /// A server started elsewhere outlives the run, so its subscribers' ids
 /// are new to it (this process's id and a run count) and their sessions
@@ -241,20 +249,32 @@ pub fn latency(server: &Server, n: usize, rate: u64, seconds: u64) -> Latency {
         .collect();
     let events = rate * seconds;
     let subscribers = start_subscribers(server, &ids, events, true);
+    // QoS 0 asks for no answer, so one connection keeps mosquitto's rate,
+    // and one keeps the seqs in order.
+    let mqtt_publisher =
+        (server.kind == Kind::Mosquitto).then(|| mqtt::Tcp::connect(server, "m2b-publisher", true));
     let start = Instant::now();
-    // Event i is due at start + i / rate. One publisher alone falls behind
-    // whenever a request takes longer than 1 / rate, then catches up in a
-    // burst; the baseline's reached only 425 of 1000 events/s that way.
-    thread::scope(|scope| {
-        for first in 0..LATENCY_PUBLISHERS {
-            scope.spawn(move || {
-                for i in (first..events).step_by(LATENCY_PUBLISHERS as usize) {
-                    wait_until_due(start, i, rate);
-                    server.publish(&item("bench.tick", now_us(), None));
-                }
-            });
+    if let Some(mut publisher) = mqtt_publisher {
+        for i in 0..events {
+            wait_until_due(start, i, rate);
+            publisher.send(&floor::event_message(i + 1, now_us()));
         }
-    });
+    } else {
+        // Event i is due at start + i / rate. One publisher alone falls
+        // behind whenever a request takes longer than 1 / rate, then
+        // catches up in a burst; the baseline's reached only 425 of 1000
+        // events/s that way.
+        thread::scope(|scope| {
+            for first in 0..LATENCY_PUBLISHERS {
+                scope.spawn(move || {
+                    for i in (first..events).step_by(LATENCY_PUBLISHERS as usize) {
+                        wait_until_due(start, i, rate);
+                        server.publish(&item("bench.tick", now_us(), None));
+                    }
+                });
+            }
+        });
+    }
     let publish_rate = events as f64 / start.elapsed().as_secs_f64();
     let latency = Latency::gather(server.kind.name(), subscribers, publish_rate);
     if !server.is_started() && server.kind == Kind::Tether {
@@ -281,6 +301,15 @@ impl Latency {
         if std::env::var_os("BENCH_SERIES").is_some() {
             print_series(name, &mut all);
         }
+        let first_us = all.iter().map(|&(sent, _)| u64::from(sent) * 1000).min();
+        let last_us = all
+            .iter()
+            .map(|&(sent, latency)| u64::from(sent) * 1000 + u64::from(latency))
+            .max();
+        let span_s = last_us
+            .zip(first_us)
+            .map_or(0.0, |(l, f)| (l - f) as f64 / 1e6);
+        let deliveries_per_second = all.len() as f64 / span_s;
         let mut all: Vec<u32> = all.into_iter().map(|(_, latency)| latency).collect();
         all.sort_unstable();
         let ms = |q: f64| f64::from(crate::table::percentile(&all, q)) / 1000.0;
@@ -289,6 +318,7 @@ impl Latency {
             p99: ms(0.99),
             max: ms(1.0),
             publish_rate,
+            deliveries_per_second,
             errors,
         }
     }

@@ -40,6 +40,10 @@ pub enum Kind {
     /// M2b's floor: this harness itself with `--floor-server`
     /// (`floor.rs`), fed the events on its standard input.
     Floor,
+    /// The peer (`mqtt.rs`): `mosquitto` from the `PATH`, or the one
+    /// `BENCH_MOSQUITTO` names; its WebSocket listener is `ws` and its
+    /// MQTT listener `http`.
+    Mosquitto,
 }
 
 impl Kind {
@@ -48,6 +52,7 @@ impl Kind {
             Kind::Tether => "tether",
             Kind::Baseline => "baseline",
             Kind::Floor => "floor",
+            Kind::Mosquitto => "mosquitto",
         }
     }
 
@@ -60,8 +65,49 @@ impl Kind {
             Kind::Tether => std::env::var_os("BENCH_TETHER").map_or(built, PathBuf::from),
             Kind::Baseline => built.with_file_name("examples").join("baseline"),
             Kind::Floor => std::env::current_exe().expect("the harness's own path"),
+            Kind::Mosquitto => std::env::var_os("BENCH_MOSQUITTO")
+                .map_or_else(|| PathBuf::from("mosquitto"), PathBuf::from),
         }
     }
+}
+
+/// Whether the peer can be measured: `mosquitto -h` runs.
+pub fn mosquitto_installed() -> bool {
+    Command::new(Kind::Mosquitto.program())
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A mosquitto configuration with a WebSocket and an MQTT listener on free
+/// loopback ports (it cannot be told to pick its own), in a file of its
+/// own; returns the file and the two addresses.
+fn mosquitto_config() -> (PathBuf, SocketAddr, SocketAddr) {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let (ws, mqtt) = (free(), free());
+    static CONFIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("loadgen-{}-{n}.conf", std::process::id()));
+    // Queues as deep as tether's `--max-missed-events 100000`; the
+    // in-flight window and everything else stay at their defaults.
+    let config = format!(
+        "listener {} {}\nprotocol websockets\nlistener {} {}\nprotocol mqtt\n\
+         allow_anonymous true\nmax_queued_messages 100000\npersistence false\n\
+         connection_messages false\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+         log_type information\n",
+        ws.port(),
+        ws.ip(),
+        mqtt.port(),
+        mqtt.ip()
+    );
+    std::fs::write(&path, config).expect("write the mosquitto configuration");
+    (path, ws, mqtt)
 }
 
 /// The release `tether` binary the benchmark runs.
@@ -86,6 +132,7 @@ impl Server {
     /// Starts `kind` on free loopback ports; `flags` go to `tether serve`.
     pub fn start(kind: Kind, flags: &[&str]) -> Server {
         let program = kind.program();
+        let config = (kind == Kind::Mosquitto).then(mosquitto_config);
         let mut command = Command::new(&program);
         match kind {
             Kind::Tether => command
@@ -94,6 +141,7 @@ impl Server {
                 .args(flags),
             Kind::Baseline => command.args(["127.0.0.1:0", "127.0.0.1:0"]),
             Kind::Floor => command.arg("--floor-server"),
+            Kind::Mosquitto => command.arg("-c").arg(&config.as_ref().expect("written").0),
         };
         let input = if kind == Kind::Floor {
             Stdio::piped()
@@ -124,6 +172,12 @@ impl Server {
             };
             ws = ws.or(addr("websocket listening on "));
             http = http.or(addr("admin listening on "));
+            if let Some((path, ws_at, mqtt_at)) = &config {
+                if line.ends_with(" running") {
+                    let _ = std::fs::remove_file(path);
+                    (ws, http) = (Some(*ws_at), Some(*mqtt_at));
+                }
+            }
         }
         RUNNING.lock().unwrap().push(child.id());
         let input = child.stdin.take();

@@ -140,12 +140,12 @@ fn read_ready(ws: &mut Ws, reading: &mut Reading) -> Option<Option<&'static str>
     const ENDED: Option<Option<&str>> = Some(Some("connection ended"));
     loop {
         match ws.read() {
-            Ok(Message::Text(text)) => {
-                if let Some(ack) = reading.take(text.as_str()) {
+            Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+                for ack in reading.take_message(&message) {
                     // A full socket keeps the ack queued in `ws` for the
                     // flush below or a later one; a connection that ended
                     // fails the next read.
-                    let _ = ws.send(Message::text(ack));
+                    let _ = ws.send(ack);
                 }
                 if reading.done() {
                     return Some(None);

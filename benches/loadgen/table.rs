@@ -41,6 +41,7 @@ struct Row {
     scenario: String,
     metric: String,
     tether: Option<f64>,
+    /// The baseline's figure, or in `peer_rows` the peer's.
     baseline: Option<f64>,
     target: Target,
 }
@@ -51,6 +52,8 @@ pub struct Table {
     notes: Vec<String>,
     /// Lines printed under the table as they are.
     pub remarks: Vec<String>,
+    /// The peer's figures, printed after everything else.
+    peer_rows: Vec<Row>,
 }
 
 impl Table {
@@ -84,83 +87,134 @@ impl Table {
         self.notes.extend(errors.iter().take(5).cloned());
     }
 
+    /// A figure of the peer (mosquitto), printed in a table of its own
+    /// beside tether's figure for the same metric in this run, if any.
+    pub fn peer(&mut self, scenario: &str, metric: &str, value: Option<f64>) {
+        self.peer_rows.push(Row {
+            scenario: scenario.into(),
+            metric: metric.into(),
+            tether: self
+                .rows
+                .iter()
+                .find(|r| r.metric == metric)
+                .and_then(|r| r.tether),
+            baseline: value,
+            target: Target::None,
+        });
+    }
+
     pub fn print(&self) {
-        let header = [
-            "scenario", "metric", "tether", "baseline", "ratio", "target", "result",
-        ];
-        let cells: Vec<[String; 7]> = self
+        let cells: Vec<Vec<String>> = self
             .rows
             .iter()
             .map(|r| {
-                let ratio = match (r.tether, r.baseline) {
-                    (Some(t), Some(b)) if b != 0.0 && b.is_finite() => Some(t / b),
-                    _ => None,
-                };
+                let ratio = r.ratio();
                 let (target, pass) = match r.target {
                     Target::None => (String::new(), None),
                     Target::AtMost(x) => (format!("<= {}", number(x)), r.tether.map(|t| t <= x)),
                     Target::Below(x) => (format!("< {}", number(x)), r.tether.map(|t| t < x)),
                     Target::RatioAtLeast(x) => (format!("ratio >= {x:.2}"), ratio.map(|q| q >= x)),
                 };
-                [
-                    r.scenario.clone(),
-                    r.metric.clone(),
-                    r.tether.map_or("n/a".into(), number),
-                    r.baseline.map_or("n/a".into(), number),
-                    ratio.map_or("n/a".into(), |q| format!("{q:.2}")),
-                    target,
-                    match pass {
-                        None => String::new(),
-                        Some(true) => "pass".into(),
-                        Some(false) => "FAIL".into(),
-                    },
-                ]
+                let mut row = r.figures();
+                row.push(target);
+                row.push(match pass {
+                    None => String::new(),
+                    Some(true) => "pass".into(),
+                    Some(false) => "FAIL".into(),
+                });
+                row
             })
             .collect();
-        let mut widths = header.map(str::len);
-        for row in &cells {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.len());
-            }
-        }
-        let line = |row: &[String]| {
-            let parts: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .enumerate()
-                .map(|(i, (c, w))| {
-                    if (2..5).contains(&i) {
-                        format!("{c:>w$}")
-                    } else {
-                        format!("{c:<w$}")
-                    }
-                })
-                .collect();
-            println!("| {} |", parts.join(" | "));
-        };
-        line(&header.map(String::from));
-        println!(
-            "|{}|",
-            widths
-                .iter()
-                .enumerate()
-                .map(|(i, w)| if (2..5).contains(&i) {
-                    format!("{}:", "-".repeat(w + 1))
-                } else {
-                    "-".repeat(w + 2)
-                })
-                .collect::<Vec<_>>()
-                .join("|")
+        print_cells(
+            &[
+                "scenario", "metric", "tether", "baseline", "ratio", "target", "result",
+            ],
+            &cells,
         );
-        for row in &cells {
-            line(row);
-        }
         for note in &self.notes {
             println!("problem: {note}");
         }
         for remark in &self.remarks {
             println!("{remark}");
         }
+        if !self.peer_rows.is_empty() {
+            println!();
+            println!("the peer, same machine and clients; ratio = tether / mosquitto");
+            println!();
+            let cells: Vec<Vec<String>> = self.peer_rows.iter().map(Row::figures).collect();
+            print_cells(
+                &["scenario", "metric", "tether", "mosquitto", "ratio"],
+                &cells,
+            );
+        }
+    }
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        match (self.tether, self.baseline) {
+            (Some(t), Some(b)) if b != 0.0 && b.is_finite() => Some(t / b),
+            _ => None,
+        }
+    }
+
+    /// The scenario, metric, the two figures and their ratio, as printed.
+    fn figures(&self) -> Vec<String> {
+        vec![
+            self.scenario.clone(),
+            self.metric.clone(),
+            self.tether.map_or("n/a".into(), number),
+            self.baseline.map_or("n/a".into(), number),
+            self.ratio().map_or("n/a".into(), |q| match q {
+                // Against the peer some ratios are far below 0.01.
+                q if q != 0.0 && q < 0.1 => format!("{q:.1e}"),
+                q => format!("{q:.2}"),
+            }),
+        ]
+    }
+}
+
+/// Prints a Markdown table, figures (the third to fifth columns) aligned
+/// right.
+fn print_cells(header: &[&str], cells: &[Vec<String>]) {
+    let figure = |i: usize| (2..5).contains(&i);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |row: &[String]| {
+        let parts: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, &w))| {
+                if figure(i) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        println!("| {} |", parts.join(" | "));
+    };
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    println!(
+        "|{}|",
+        widths
+            .iter()
+            .enumerate()
+            .map(|(i, w)| if figure(i) {
+                format!("{}:", "-".repeat(w + 1))
+            } else {
+                "-".repeat(w + 2)
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for row in cells {
+        line(row);
     }
 }
 
