@@ -97,7 +97,7 @@ pub fn send_json(ws: &mut Ws, text: String) {
 
 /// A subscriber ready for a throughput run. With tether it is a `cli`
 /// session whose rate limit is lifted to 10000 events/s; returns the
-/// resume token too (empty for the baseline and mosquitto).
+/// resume token too (empty for the baseline and the peers).
 pub fn subscribe(server: &Server, id: &str, read_buffer: Option<usize>) -> (Ws, String) {
     if server.kind == Kind::Mosquitto {
         return (
@@ -107,7 +107,7 @@ pub fn subscribe(server: &Server, id: &str, read_buffer: Option<usize>) -> (Ws, 
     }
     let query = format!("client_id={id}&client_type=cli");
     let mut ws = connect(server.ws, &query, read_buffer);
-    if server.kind == Kind::Baseline {
+    if matches!(server.kind, Kind::Baseline | Kind::Nchan) {
         return (ws, String::new());
     }
     let first = recv_json(&mut ws);

@@ -1,6 +1,7 @@
-//! The peer measured beside tether: mosquitto, the broker the issue's
-//! orientation figures name first, over its WebSocket listener, read by
-//! the same subscribers as tether (`subscribers.rs`, `client::Reading`).
+//! MQTT for the peer mosquitto (`peers.rs`), the broker the issue's
+//! orientation figures name first: its subscribers use its WebSocket
+//! listener and are read like tether's (`subscribers.rs`,
+//! `client::Reading`).
 //!
 //! MQTT 3.1.1 needs only six packets here (CONNECT, SUBSCRIBE, PUBLISH,
 //! PUBACK, DISCONNECT out; CONNACK, SUBACK, PUBLISH, PUBACK in), so they are

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use crate::floor;
 use crate::mqtt;
+use crate::peers;
 use crate::plan::Plan;
 use crate::scenarios::{self, Cut};
-use crate::server::{self, Kind, Server};
+use crate::server::{Kind, Server};
 use crate::table::{median, number, Table, Target};
 
 /// Idle connection counts (M1) and the one idle CPU is measured at (M1b).
@@ -332,80 +333,86 @@ pub fn run_publish(plan: &Plan, table: &mut Table) {
     }
 }
 
-/// The peer: mosquitto's idle memory and CPU, M2b and M3 with the same
-/// clients and plan, after tether's own runs (so `--only` must name the
-/// matching tether scenarios too for its column to fill). Skipped, with a
-/// remark, when mosquitto is not installed.
+/// The peers: mosquitto's and nchan's idle memory and CPU, M2b and M3
+/// with the same clients and plan, after tether's own runs (so `--only`
+/// must name the matching tether scenarios too for its column to fill).
+/// A peer not installed is skipped, with a remark.
 pub fn run_peers(plan: &Plan, table: &mut Table) {
-    if !server::mosquitto_installed() {
-        table
-            .remarks
-            .push("the peer: mosquitto not found, skipped (apt-get install mosquitto)".into());
-        return;
+    let seconds = plan.latency_seconds.min(PEER_LATENCY_SECONDS);
+    table.remarks.push(format!(
+        "the peers' M2b: one run of {seconds} s of publishing; a server that falls \
+         behind shows latencies that grow with the run's length"
+    ));
+    for peer in [Kind::Mosquitto, Kind::Nchan] {
+        if peers::installed(peer) {
+            run_peer(peer, plan, table);
+        } else {
+            table.remarks.push(format!(
+                "the peer {}: not installed, skipped (see BENCHMARKS.md, \"The peers\")",
+                peer.name()
+            ));
+        }
     }
-    let peer = Kind::Mosquitto;
-    progress("the peer: M1/M1b idle clients, mosquitto");
-    let idle = scenarios::idle(peer, &IDLE_COUNTS, IDLE_CPU_CLIENTS, IDLE_CPU_WINDOW);
-    table.peer(
-        "M1",
-        "RSS with no clients (MiB)",
-        Some(idle.rss_idle as f64 / (1024.0 * 1024.0)),
-    );
-    for &(n, bytes) in &idle.per_conn {
-        table.peer(
-            "M1",
-            &format!("per idle connection, N={n} (KiB)"),
-            Some(bytes / 1024.0),
-        );
-    }
-    table.peer("M1b", &idle_cpu_metric(), Some(idle.cpu_percent));
+}
 
-    // Over WebSocket mosquitto delivers far fewer than M2b's million
-    // messages a second, so its runs take many times their publishing
-    // time to drain: one short run.
+fn run_peer(peer: Kind, plan: &Plan, table: &mut Table) {
+    let name = peer.name();
+    progress(&format!("the peer: M1/M1b idle clients, {name}"));
+    let idle = scenarios::idle(peer, &IDLE_COUNTS, IDLE_CPU_CLIENTS, IDLE_CPU_WINDOW);
+    let mib = idle.rss_idle as f64 / (1024.0 * 1024.0);
+    table.peer(name, "M1", "RSS with no clients (MiB)", mib);
+    for &(n, bytes) in &idle.per_conn {
+        let metric = format!("per idle connection, N={n} (KiB)");
+        table.peer(name, "M1", &metric, bytes / 1024.0);
+    }
+    table.peer(name, "M1b", &idle_cpu_metric(), idle.cpu_percent);
+
+    // A peer that falls behind M2b's million deliveries a second takes many
+    // times its publishing time to drain: one short run.
     let (clients, rate) = plan.latency;
     let seconds = plan.latency_seconds.min(PEER_LATENCY_SECONDS);
     progress(&format!(
-        "the peer: M2b latency, {clients} clients at {rate}/s for {seconds} s, mosquitto"
+        "the peer: M2b latency, {clients} clients at {rate}/s for {seconds} s, {name}"
     ));
     let server = Server::start(peer, &[]);
-    let runs = [scenarios::latency(&server, clients, rate, seconds)];
+    let latency = scenarios::latency(&server, clients, rate, seconds);
     drop(server);
-    table.remarks.push(format!(
-        "the peer's M2b: one run of {seconds} s of publishing; a server that falls \
-         behind shows latencies that grow with the run's length"
-    ));
-    for (name, f) in LATENCY_STATS {
-        table.peer(
-            "M2b",
-            &format!("{clients} clients, {rate} events/s: {name}"),
-            Some(median(&runs.iter().map(f).collect::<Vec<_>>())),
-        );
+    for (stat, f) in LATENCY_STATS {
+        let metric = format!("{clients} clients, {rate} events/s: {stat}");
+        table.peer(name, "M2b", &metric, f(&latency));
     }
 
-    let mut problems = Vec::new();
-    for (websocket, over) in [(true, ""), (false, ", plain MQTT")] {
+    let mut problems = latency.errors;
+    let replays: Vec<(&str, Replay)> = match peer {
+        Kind::Mosquitto => vec![
+            ("", |t, e| mqtt::replay_trials(t, e, true)),
+            (", plain MQTT", |t, e| mqtt::replay_trials(t, e, false)),
+        ],
+        _ => vec![("", peers::nchan_replay_trials)],
+    };
+    for (over, replay) in replays {
         progress(&format!(
-            "the peer: M3 replay of {REPLAY_EVENTS} missed events{over}, {} trials, mosquitto",
+            "the peer: M3 replay of {REPLAY_EVENTS} missed events{over}, {} trials, {name}",
             plan.replay_trials
         ));
-        let (mut times, errors) = mqtt::replay_trials(plan.replay_trials, REPLAY_EVENTS, websocket);
+        let (mut times, errors) = replay(plan.replay_trials, REPLAY_EVENTS);
         times.sort_by(f64::total_cmp);
-        let name = format!("{}{over}", replay_metric());
-        table.peer("M3", &format!("{name}: median (ms)"), Some(median(&times)));
-        table.peer("M3", &format!("{name}: p95 (ms)"), Some(p95(&times)));
+        let metric = format!("{}{over}", replay_metric());
+        table.peer(
+            name,
+            "M3",
+            &format!("{metric}: median (ms)"),
+            median(&times),
+        );
+        table.peer(name, "M3", &format!("{metric}: p95 (ms)"), p95(&times));
         problems.extend(errors);
     }
-    let problems: Vec<String> = runs
-        .iter()
-        .flat_map(|l| l.errors.iter().cloned())
-        .chain(problems)
-        .map(|e| format!("mosquitto: {e}"))
-        .collect();
-    table.peer(
-        "checks",
-        "clients not getting every event in order (M2b, M3)",
-        Some(problems.len() as f64),
-    );
-    table.remarks.extend(problems.into_iter().take(5));
+    let metric = "clients not getting every event in order (M2b, M3)";
+    table.peer(name, "checks", metric, problems.len() as f64);
+    table
+        .remarks
+        .extend(problems.into_iter().take(5).map(|e| format!("{name}: {e}")));
 }
+
+/// One peer's M3: (trials, events) to times and problems.
+type Replay = fn(usize, usize) -> (Vec<f64>, Vec<String>);

@@ -196,7 +196,7 @@ pub fn fanout(kind: Kind, n: usize, events: usize) -> Fanout {
         match events - first {
             1000.. => server.publish(&body),
             rest => server.publish(&array_body(rest)),
-        }
+        };
     }
     let mut errors = Vec::new();
     let mut last = start;
@@ -235,8 +235,8 @@ pub struct Latency {
 }
 
 /// M2b: `n` subscribers; `rate` events per second for `seconds`, one event
-/// per request from [`LATENCY_PUBLISHERS`] threads (to mosquitto: one
-/// MQTT connection), each stamped with its publish time.
+/// per request from [`LATENCY_PUBLISHERS`] threads (to a peer: from one,
+/// over MQTT to mosquitto), each stamped with its publish time.
 ///
 /// A server started elsewhere outlives the run, so its subscribers' ids
 /// are new to it (this process's id and a run count) and their sessions
@@ -249,15 +249,21 @@ pub fn latency(server: &Server, n: usize, rate: u64, seconds: u64) -> Latency {
         .collect();
     let events = rate * seconds;
     let subscribers = start_subscribers(server, &ids, events, true);
-    // QoS 0 asks for no answer, so one connection keeps mosquitto's rate,
-    // and one keeps the seqs in order.
-    let mqtt_publisher =
+    // The peers are sent tether's own event messages, numbered here, so
+    // one publisher keeps them in order; at QoS 0 mosquitto answers
+    // nothing, so one connection also keeps its rate.
+    let peer = matches!(server.kind, Kind::Mosquitto | Kind::Nchan);
+    let mut mqtt_publisher =
         (server.kind == Kind::Mosquitto).then(|| mqtt::Tcp::connect(server, "m2b-publisher", true));
     let start = Instant::now();
-    if let Some(mut publisher) = mqtt_publisher {
+    if peer {
         for i in 0..events {
             wait_until_due(start, i, rate);
-            publisher.send(&floor::event_message(i + 1, now_us()));
+            let message = floor::event_message(i + 1, now_us());
+            match &mut mqtt_publisher {
+                Some(publisher) => publisher.send(&message),
+                None => drop(server.publish(&message)),
+            }
         }
     } else {
         // Event i is due at start + i / rate. One publisher alone falls

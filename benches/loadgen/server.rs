@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::peers;
+
 /// The servers running now, killed if the harness itself is interrupted.
 static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
@@ -24,8 +26,9 @@ pub fn kill_servers_on_interrupt() {
     };
     thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
-            for pid in RUNNING.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            for &pid in RUNNING.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                children(pid).into_iter().for_each(kill);
+                kill(pid);
             }
             std::process::exit(128 + signal);
         }
@@ -40,10 +43,10 @@ pub enum Kind {
     /// M2b's floor: this harness itself with `--floor-server`
     /// (`floor.rs`), fed the events on its standard input.
     Floor,
-    /// The peer (`mqtt.rs`): `mosquitto` from the `PATH`, or the one
-    /// `BENCH_MOSQUITTO` names; its WebSocket listener is `ws` and its
-    /// MQTT listener `http`.
+    /// The peers (`peers.rs`): mosquitto, whose WebSocket listener is
+    /// `ws` and MQTT listener `http` (`mqtt.rs`), and nchan in nginx.
     Mosquitto,
+    Nchan,
 }
 
 impl Kind {
@@ -53,6 +56,7 @@ impl Kind {
             Kind::Baseline => "baseline",
             Kind::Floor => "floor",
             Kind::Mosquitto => "mosquitto",
+            Kind::Nchan => "nchan",
         }
     }
 
@@ -65,49 +69,9 @@ impl Kind {
             Kind::Tether => std::env::var_os("BENCH_TETHER").map_or(built, PathBuf::from),
             Kind::Baseline => built.with_file_name("examples").join("baseline"),
             Kind::Floor => std::env::current_exe().expect("the harness's own path"),
-            Kind::Mosquitto => std::env::var_os("BENCH_MOSQUITTO")
-                .map_or_else(|| PathBuf::from("mosquitto"), PathBuf::from),
+            Kind::Mosquitto | Kind::Nchan => peers::program(self),
         }
     }
-}
-
-/// Whether the peer can be measured: `mosquitto -h` runs.
-pub fn mosquitto_installed() -> bool {
-    Command::new(Kind::Mosquitto.program())
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// A mosquitto configuration with a WebSocket and an MQTT listener on free
-/// loopback ports (it cannot be told to pick its own), in a file of its
-/// own; returns the file and the two addresses.
-fn mosquitto_config() -> (PathBuf, SocketAddr, SocketAddr) {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-    };
-    let (ws, mqtt) = (free(), free());
-    static CONFIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = CONFIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("loadgen-{}-{n}.conf", std::process::id()));
-    // Queues as deep as tether's `--max-missed-events 100000`; the
-    // in-flight window and everything else stay at their defaults.
-    let config = format!(
-        "listener {} {}\nprotocol websockets\nlistener {} {}\nprotocol mqtt\n\
-         allow_anonymous true\nmax_queued_messages 100000\npersistence false\n\
-         connection_messages false\nlog_dest stderr\nlog_type error\nlog_type warning\n\
-         log_type information\n",
-        ws.port(),
-        ws.ip(),
-        mqtt.port(),
-        mqtt.ip()
-    );
-    std::fs::write(&path, config).expect("write the mosquitto configuration");
-    (path, ws, mqtt)
 }
 
 /// The release `tether` binary the benchmark runs.
@@ -126,13 +90,15 @@ pub struct Server {
     pub http: SocketAddr,
     pub input: Option<ChildStdin>,
     agent: ureq::Agent,
+    /// A peer's configuration directory, removed with the server.
+    scratch: Option<PathBuf>,
 }
 
 impl Server {
     /// Starts `kind` on free loopback ports; `flags` go to `tether serve`.
     pub fn start(kind: Kind, flags: &[&str]) -> Server {
         let program = kind.program();
-        let config = (kind == Kind::Mosquitto).then(mosquitto_config);
+        let setup = matches!(kind, Kind::Mosquitto | Kind::Nchan).then(|| peers::setup(kind));
         let mut command = Command::new(&program);
         match kind {
             Kind::Tether => command
@@ -141,7 +107,7 @@ impl Server {
                 .args(flags),
             Kind::Baseline => command.args(["127.0.0.1:0", "127.0.0.1:0"]),
             Kind::Floor => command.arg("--floor-server"),
-            Kind::Mosquitto => command.arg("-c").arg(&config.as_ref().expect("written").0),
+            Kind::Mosquitto | Kind::Nchan => command.args(&setup.as_ref().expect("made").args),
         };
         let input = if kind == Kind::Floor {
             Stdio::piped()
@@ -172,11 +138,8 @@ impl Server {
             };
             ws = ws.or(addr("websocket listening on "));
             http = http.or(addr("admin listening on "));
-            if let Some((path, ws_at, mqtt_at)) = &config {
-                if line.ends_with(" running") {
-                    let _ = std::fs::remove_file(path);
-                    (ws, http) = (Some(*ws_at), Some(*mqtt_at));
-                }
+            if let Some(setup) = setup.as_ref().filter(|s| line.ends_with(s.ready)) {
+                (ws, http) = (Some(setup.ws), Some(setup.http));
             }
         }
         RUNNING.lock().unwrap().push(child.id());
@@ -190,6 +153,7 @@ impl Server {
             http: http.or(ws).expect("seen"),
             input,
             agent: agent(),
+            scratch: setup.map(|s| s.dir),
         }
     }
 
@@ -204,6 +168,7 @@ impl Server {
             http,
             input: None,
             agent: agent(),
+            scratch: None,
         }
     }
 
@@ -219,16 +184,29 @@ impl Server {
             .id()
     }
 
-    /// Resident memory in bytes.
+    /// The server's processes: its own, and its children's (nginx's
+    /// workers).
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid()];
+        pids.extend(children(self.pid()));
+        pids
+    }
+
+    /// Resident memory in bytes, of all its processes.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("the server is running");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmRSS")
-            * 1024
+        self.pids()
+            .into_iter()
+            .map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .expect("the server is running");
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .expect("VmRSS")
+                    * 1024
+            })
+            .sum()
     }
 
     /// Resident memory once it stops changing (allocators and the kernel
@@ -252,16 +230,22 @@ impl Server {
         user + system
     }
 
-    /// User and system CPU time used so far, in seconds.
+    /// User and system CPU time used so far by all its processes, in
+    /// seconds.
     pub fn cpu_split(&self) -> (f64, f64) {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .expect("the server is running");
-        // Fields after the command name, which is in parentheses: utime and
-        // stime are the 12th and 13th of them.
-        let after = &stat[stat.rfind(')').expect("comm") + 2..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let seconds = |i: usize| fields[i].parse::<f64>().unwrap() / clock_ticks_per_second();
-        (seconds(11), seconds(12))
+        self.pids()
+            .into_iter()
+            .fold((0.0, 0.0), |(user, system), pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .expect("the server is running");
+                // Fields after the command name, which is in parentheses: utime
+                // and stime are the 12th and 13th of them.
+                let after = &stat[stat.rfind(')').expect("comm") + 2..];
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                let seconds =
+                    |i: usize| fields[i].parse::<f64>().unwrap() / clock_ticks_per_second();
+                (user + seconds(11), system + seconds(12))
+            })
     }
 
     /// One HTTP request to the server's admin (or publish) listener:
@@ -288,12 +272,16 @@ impl Server {
     }
 
     /// Publishes a `POST /events` body; panics unless it is accepted.
-    pub fn publish(&self, body: &str) {
+    /// Returns the answer's body (nchan's names the message's id).
+    pub fn publish(&self, body: &str) -> String {
         let (status, reply) = self.request("POST", "/events", Some(body));
         if status == 401 {
             panic!("publish refused: {reply}; set BENCH_ADMIN_TOKEN to tether's admin token");
         }
-        assert_eq!(status, 202, "publish refused: {reply}");
+        // nchan answers 201 when a subscriber is listening, 202 otherwise.
+        let accepted = status == 202 || (self.kind == Kind::Nchan && status == 201);
+        assert!(accepted, "publish refused: {status} {reply}");
+        reply
     }
 
     /// tether only: waits until `/health` reports `connected` connections.
@@ -314,8 +302,15 @@ impl Drop for Server {
         let Some(child) = &mut self.child else {
             return;
         };
+        // nginx's workers outlive a killed master.
+        for pid in children(child.id()) {
+            kill(pid);
+        }
         let _ = child.kill();
         let _ = child.wait();
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let pid = child.id();
         RUNNING
             .lock()
@@ -343,6 +338,19 @@ fn authorized<B>(request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         Some(token) => request.header("Authorization", format!("Bearer {token}")),
         None => request,
     }
+}
+
+/// The processes `pid` started (none once it has exited).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn kill(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -2,6 +2,7 @@
 //! header naming the machine, the commit and the plan, and the median and
 //! percentile the figures are taken by.
 
+use std::ops::Range;
 use std::process::Command;
 use std::time::Duration;
 
@@ -41,7 +42,6 @@ struct Row {
     scenario: String,
     metric: String,
     tether: Option<f64>,
-    /// The baseline's figure, or in `peer_rows` the peer's.
     baseline: Option<f64>,
     target: Target,
 }
@@ -52,8 +52,18 @@ pub struct Table {
     notes: Vec<String>,
     /// Lines printed under the table as they are.
     pub remarks: Vec<String>,
-    /// The peer's figures, printed after everything else.
-    peer_rows: Vec<Row>,
+    /// The peers measured, in their columns' order.
+    peers: Vec<&'static str>,
+    /// Their figures, printed after everything else.
+    peer_rows: Vec<PeerRow>,
+}
+
+struct PeerRow {
+    scenario: String,
+    metric: String,
+    tether: Option<f64>,
+    /// By the peer's column; `None` where a peer has no such figure.
+    values: Vec<Option<f64>>,
 }
 
 impl Table {
@@ -87,20 +97,36 @@ impl Table {
         self.notes.extend(errors.iter().take(5).cloned());
     }
 
-    /// A figure of the peer (mosquitto), printed in a table of its own
-    /// beside tether's figure for the same metric in this run, if any.
-    pub fn peer(&mut self, scenario: &str, metric: &str, value: Option<f64>) {
-        self.peer_rows.push(Row {
-            scenario: scenario.into(),
-            metric: metric.into(),
-            tether: self
-                .rows
-                .iter()
-                .find(|r| r.metric == metric)
-                .and_then(|r| r.tether),
-            baseline: value,
-            target: Target::None,
-        });
+    /// A figure of a peer, printed in a table of its own beside tether's
+    /// figure for the same metric in this run, if any.
+    pub fn peer(&mut self, peer: &'static str, scenario: &str, metric: &str, value: f64) {
+        let column = match self.peers.iter().position(|&p| p == peer) {
+            Some(i) => i,
+            None => {
+                self.peers.push(peer);
+                self.peers.len() - 1
+            }
+        };
+        let row = match self.peer_rows.iter().position(|r| r.metric == metric) {
+            Some(i) => i,
+            None => {
+                let tether = self
+                    .rows
+                    .iter()
+                    .find(|r| r.metric == metric)
+                    .and_then(|r| r.tether);
+                self.peer_rows.push(PeerRow {
+                    scenario: scenario.into(),
+                    metric: metric.into(),
+                    tether,
+                    values: Vec::new(),
+                });
+                self.peer_rows.len() - 1
+            }
+        };
+        let values = &mut self.peer_rows[row].values;
+        values.resize(values.len().max(column + 1), None);
+        values[column] = Some(value);
     }
 
     pub fn print(&self) {
@@ -130,6 +156,7 @@ impl Table {
                 "scenario", "metric", "tether", "baseline", "ratio", "target", "result",
             ],
             &cells,
+            2..5,
         );
         for note in &self.notes {
             println!("problem: {note}");
@@ -139,13 +166,23 @@ impl Table {
         }
         if !self.peer_rows.is_empty() {
             println!();
-            println!("the peer, same machine and clients; ratio = tether / mosquitto");
+            println!("the peers, on the same machine with the same clients");
             println!();
-            let cells: Vec<Vec<String>> = self.peer_rows.iter().map(Row::figures).collect();
-            print_cells(
-                &["scenario", "metric", "tether", "mosquitto", "ratio"],
-                &cells,
-            );
+            let figure = |x: Option<f64>| x.map_or("n/a".into(), number);
+            let cells: Vec<Vec<String>> = self
+                .peer_rows
+                .iter()
+                .map(|r| {
+                    let mut row = vec![r.scenario.clone(), r.metric.clone(), figure(r.tether)];
+                    row.extend(
+                        (0..self.peers.len()).map(|i| figure(r.values.get(i).copied().flatten())),
+                    );
+                    row
+                })
+                .collect();
+            let mut header = vec!["scenario", "metric", "tether"];
+            header.extend(&self.peers);
+            print_cells(&header, &cells, 2..header.len());
         }
     }
 }
@@ -165,19 +202,14 @@ impl Row {
             self.metric.clone(),
             self.tether.map_or("n/a".into(), number),
             self.baseline.map_or("n/a".into(), number),
-            self.ratio().map_or("n/a".into(), |q| match q {
-                // Against the peer some ratios are far below 0.01.
-                q if q != 0.0 && q < 0.1 => format!("{q:.1e}"),
-                q => format!("{q:.2}"),
-            }),
+            self.ratio().map_or("n/a".into(), |q| format!("{q:.2}")),
         ]
     }
 }
 
-/// Prints a Markdown table, figures (the third to fifth columns) aligned
-/// right.
-fn print_cells(header: &[&str], cells: &[Vec<String>]) {
-    let figure = |i: usize| (2..5).contains(&i);
+/// Prints a Markdown table, the columns in `figures` aligned right.
+fn print_cells(header: &[&str], cells: &[Vec<String>], figures: Range<usize>) {
+    let figure = |i: usize| figures.contains(&i);
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
