@@ -105,6 +105,11 @@ pub fn subscribe(server: &Server, id: &str, read_buffer: Option<usize>) -> (Ws, 
             String::new(),
         );
     }
+    if server.kind == Kind::SocketIo {
+        let mut ws = connect(server.ws, crate::peers::SOCKETIO_QUERY, read_buffer);
+        crate::peers::socketio_join(&mut ws, None);
+        return (ws, String::new());
+    }
     let query = format!("client_id={id}&client_type=cli");
     let mut ws = connect(server.ws, &query, read_buffer);
     if matches!(server.kind, Kind::Baseline | Kind::Nchan) {
@@ -154,6 +159,8 @@ pub struct Received {
     pub latencies: Vec<(u32, u32)>,
     /// The first order or completeness problem.
     pub error: Option<String>,
+    /// Socket.IO's offset of the last event, to resume from.
+    pub offset: Option<String>,
 }
 
 /// One subscriber's check of the events it reads: each must be the next
@@ -216,11 +223,20 @@ impl Reading {
     /// (MQTT, from mosquitto); returns the acknowledgements to send.
     pub fn take_message(&mut self, message: &Message) -> Vec<Message> {
         match message {
-            Message::Text(text) => self
-                .take(text.as_str())
-                .map(Message::text)
-                .into_iter()
-                .collect(),
+            // An Engine.IO ping, from the Socket.IO server.
+            Message::Text(text) if text.as_str() == "2" => vec![Message::text("3")],
+            Message::Text(text) => {
+                let text = match text.as_str().strip_prefix(r#"42["event","#) {
+                    // Socket.IO's event: the event message, then its offset.
+                    Some(event) => {
+                        let offset = event.rsplit_once(r#",""#).map(|(_, o)| o);
+                        self.got.offset = offset.map(|o| o.trim_end_matches(r#""]"#).into());
+                        event
+                    }
+                    None => text.as_str(),
+                };
+                self.take(text).map(Message::text).into_iter().collect()
+            }
             Message::Binary(bytes) => self
                 .take_mqtt(bytes)
                 .into_iter()

@@ -3,10 +3,10 @@
 //! (`examples/baseline.rs`) as child processes on loopback ports, runs each
 //! scenario against them, and prints one table of medians with the ratios
 //! and the targets. M2b also measures its floor (`floor.rs`): the same
-//! clients fed by a server that does nothing but write. A second table
-//! measures the peers that are installed, mosquitto and nchan
-//! (`peers.rs`, `mqtt.rs`): idle memory and CPU, M2b and M3 with the same
-//! clients.
+//! clients fed by a server that does nothing but write. The full run (or
+//! `--only peers`) also measures the peers that are installed, mosquitto,
+//! nchan and Socket.IO (`peers.rs`, `mqtt.rs`), in a second table: idle
+//! memory and CPU, M2b and M3 with the same clients.
 //!
 //!     make bench        # quick: under 3 minutes on 2 cores
 //!     make bench-full   # what BENCHMARKS.md reports
@@ -17,8 +17,9 @@
 //! size; `--runs`, `--fanout NxE` and `--latency NxR` (M2b's clients and
 //! rate) override the plan and `--tether-only` skips the baseline, for
 //! profiling. With `BENCH_TETHER=PATH` another tether binary is measured
-//! (one with symbols, for perf or valgrind), with `BENCH_MOSQUITTO=PATH`
-//! and `BENCH_NGINX=PATH` other peers; with `BENCH_SERIES=1` each M2b
+//! (one with symbols, for perf or valgrind), with `BENCH_MOSQUITTO`,
+//! `BENCH_NGINX`, `BENCH_NODE` and `BENCH_SOCKETIO_DIR` other peers (see
+//! BENCHMARKS.md, "The peers"); with `BENCH_SERIES=1` each M2b
 //! run also prints its p50 / p99 per 100 ms of publishing, and with
 //! `BENCH_THREAD_CLIENTS=1` M2b's subscribers get a thread each instead of
 //! sharing a few polling threads (`subscribers.rs`).
@@ -89,7 +90,7 @@ fn main() {
     if wanted("publish") {
         run_publish(plan, &mut table);
     }
-    if wanted("peers") {
+    if wanted("peers") && (plan.peers || only.is_some()) {
         run_peers(plan, &mut table);
     }
     if wanted("size") {

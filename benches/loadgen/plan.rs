@@ -21,6 +21,9 @@ pub struct Plan {
     /// (requests of 1000 events, single-event requests).
     pub publish_requests: (usize, usize),
     pub publish_runs: usize,
+    /// Whether the peers are measured without `--only` asking for them:
+    /// they take minutes, longer than a quick run may.
+    pub peers: bool,
     /// Servers started elsewhere: (kind, WebSocket, HTTP address). When
     /// given, only M2b runs, against them.
     pub elsewhere: Vec<(Kind, SocketAddr, SocketAddr)>,
@@ -43,6 +46,7 @@ const QUICK: Plan = Plan {
     cut_trials: 10,
     publish_requests: (20, 1000),
     publish_runs: 1,
+    peers: false,
     elsewhere: Vec::new(),
 };
 
@@ -56,6 +60,7 @@ const FULL: Plan = Plan {
     cut_trials: 20,
     publish_requests: (100, 5000),
     publish_runs: 3,
+    peers: true,
     elsewhere: Vec::new(),
 };
 

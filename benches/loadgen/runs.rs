@@ -343,7 +343,7 @@ pub fn run_peers(plan: &Plan, table: &mut Table) {
         "the peers' M2b: one run of {seconds} s of publishing; a server that falls \
          behind shows latencies that grow with the run's length"
     ));
-    for peer in [Kind::Mosquitto, Kind::Nchan] {
+    for peer in [Kind::Mosquitto, Kind::Nchan, Kind::SocketIo] {
         if peers::installed(peer) {
             run_peer(peer, plan, table);
         } else {
@@ -388,7 +388,8 @@ fn run_peer(peer: Kind, plan: &Plan, table: &mut Table) {
             ("", |t, e| mqtt::replay_trials(t, e, true)),
             (", plain MQTT", |t, e| mqtt::replay_trials(t, e, false)),
         ],
-        _ => vec![("", peers::nchan_replay_trials)],
+        Kind::Nchan => vec![("", peers::nchan_replay_trials)],
+        _ => vec![("", peers::socketio_replay_trials)],
     };
     for (over, replay) in replays {
         progress(&format!(

@@ -96,8 +96,10 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
 /// An idle client: tether's first message read, nothing more (for
 /// mosquitto: connected and subscribed).
 fn open_idle(server: &Server, id: &str) -> Ws {
-    if server.kind == Kind::Mosquitto {
-        return mqtt::subscriber(server, id, 0, client::IDLE_READ_BUFFER);
+    match server.kind {
+        Kind::Mosquitto => return mqtt::subscriber(server, id, 0, client::IDLE_READ_BUFFER),
+        Kind::SocketIo => return subscribe(server, id, client::IDLE_READ_BUFFER).0,
+        _ => {}
     }
     let mut ws = client::connect(
         server.ws,
@@ -252,7 +254,7 @@ pub fn latency(server: &Server, n: usize, rate: u64, seconds: u64) -> Latency {
     // The peers are sent tether's own event messages, numbered here, so
     // one publisher keeps them in order; at QoS 0 mosquitto answers
     // nothing, so one connection also keeps its rate.
-    let peer = matches!(server.kind, Kind::Mosquitto | Kind::Nchan);
+    let peer = server.kind.is_peer();
     let mut mqtt_publisher =
         (server.kind == Kind::Mosquitto).then(|| mqtt::Tcp::connect(server, "m2b-publisher", true));
     let start = Instant::now();

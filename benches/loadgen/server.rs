@@ -44,9 +44,11 @@ pub enum Kind {
     /// (`floor.rs`), fed the events on its standard input.
     Floor,
     /// The peers (`peers.rs`): mosquitto, whose WebSocket listener is
-    /// `ws` and MQTT listener `http` (`mqtt.rs`), and nchan in nginx.
+    /// `ws` and MQTT listener `http` (`mqtt.rs`), nchan in nginx, and a
+    /// Socket.IO server in Node.
     Mosquitto,
     Nchan,
+    SocketIo,
 }
 
 impl Kind {
@@ -57,7 +59,12 @@ impl Kind {
             Kind::Floor => "floor",
             Kind::Mosquitto => "mosquitto",
             Kind::Nchan => "nchan",
+            Kind::SocketIo => "socket.io",
         }
+    }
+
+    pub fn is_peer(self) -> bool {
+        matches!(self, Kind::Mosquitto | Kind::Nchan | Kind::SocketIo)
     }
 
     /// The binaries cargo built beside this harness; `BENCH_TETHER` names
@@ -69,7 +76,7 @@ impl Kind {
             Kind::Tether => std::env::var_os("BENCH_TETHER").map_or(built, PathBuf::from),
             Kind::Baseline => built.with_file_name("examples").join("baseline"),
             Kind::Floor => std::env::current_exe().expect("the harness's own path"),
-            Kind::Mosquitto | Kind::Nchan => peers::program(self),
+            Kind::Mosquitto | Kind::Nchan | Kind::SocketIo => peers::program(self),
         }
     }
 }
@@ -98,7 +105,7 @@ impl Server {
     /// Starts `kind` on free loopback ports; `flags` go to `tether serve`.
     pub fn start(kind: Kind, flags: &[&str]) -> Server {
         let program = kind.program();
-        let setup = matches!(kind, Kind::Mosquitto | Kind::Nchan).then(|| peers::setup(kind));
+        let setup = kind.is_peer().then(|| peers::setup(kind));
         let mut command = Command::new(&program);
         match kind {
             Kind::Tether => command
@@ -107,7 +114,10 @@ impl Server {
                 .args(flags),
             Kind::Baseline => command.args(["127.0.0.1:0", "127.0.0.1:0"]),
             Kind::Floor => command.arg("--floor-server"),
-            Kind::Mosquitto | Kind::Nchan => command.args(&setup.as_ref().expect("made").args),
+            Kind::Mosquitto | Kind::Nchan | Kind::SocketIo => {
+                let setup = setup.as_ref().expect("made");
+                command.args(&setup.args).envs(setup.env.iter().cloned())
+            }
         };
         let input = if kind == Kind::Floor {
             Stdio::piped()
@@ -138,8 +148,10 @@ impl Server {
             };
             ws = ws.or(addr("websocket listening on "));
             http = http.or(addr("admin listening on "));
-            if let Some(setup) = setup.as_ref().filter(|s| line.ends_with(s.ready)) {
-                (ws, http) = (Some(setup.ws), Some(setup.http));
+            if let Some((ready, ws_at, http_at)) = setup.as_ref().and_then(|s| s.listening) {
+                if line.ends_with(ready) {
+                    (ws, http) = (Some(ws_at), Some(http_at));
+                }
             }
         }
         RUNNING.lock().unwrap().push(child.id());
