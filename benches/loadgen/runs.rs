@@ -338,20 +338,26 @@ pub fn run_publish(plan: &Plan, table: &mut Table) {
 /// must name the matching tether scenarios too for its column to fill).
 /// A peer not installed is skipped, with a remark.
 pub fn run_peers(plan: &Plan, table: &mut Table) {
+    let (installed, missing): (Vec<Kind>, Vec<Kind>) =
+        [Kind::Mosquitto, Kind::Nchan, Kind::SocketIo]
+            .into_iter()
+            .partition(|&peer| peers::installed(peer));
+    for peer in missing {
+        table.remarks.push(format!(
+            "the peer {}: not installed, skipped (see BENCHMARKS.md, \"The peers\")",
+            peer.name()
+        ));
+    }
+    if installed.is_empty() {
+        return;
+    }
     let seconds = plan.latency_seconds.min(PEER_LATENCY_SECONDS);
     table.remarks.push(format!(
         "the peers' M2b: one run of {seconds} s of publishing; a server that falls \
          behind shows latencies that grow with the run's length"
     ));
-    for peer in [Kind::Mosquitto, Kind::Nchan, Kind::SocketIo] {
-        if peers::installed(peer) {
-            run_peer(peer, plan, table);
-        } else {
-            table.remarks.push(format!(
-                "the peer {}: not installed, skipped (see BENCHMARKS.md, \"The peers\")",
-                peer.name()
-            ));
-        }
+    for peer in installed {
+        run_peer(peer, plan, table);
     }
 }
 
