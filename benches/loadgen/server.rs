@@ -27,8 +27,9 @@ pub fn kill_servers_on_interrupt() {
     thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             for &pid in RUNNING.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                children(pid).into_iter().for_each(kill);
+                let workers = children(pid);
                 kill(pid);
+                workers.into_iter().for_each(kill);
             }
             std::process::exit(128 + signal);
         }
@@ -314,11 +315,11 @@ impl Drop for Server {
         let Some(child) = &mut self.child else {
             return;
         };
-        // nginx's workers outlive a killed master.
-        for pid in children(child.id()) {
-            kill(pid);
-        }
+        // nginx's workers outlive a killed master, and a live master
+        // replaces a killed worker: list them, kill the master, then them.
+        let workers = children(child.id());
         let _ = child.kill();
+        workers.into_iter().for_each(kill);
         let _ = child.wait();
         if let Some(dir) = &self.scratch {
             let _ = std::fs::remove_dir_all(dir);
