@@ -18,7 +18,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use crate::client::{Reading, Ws, TIMEOUT};
+use crate::client::{self, Reading, Ws, TIMEOUT};
 use crate::floor;
 use crate::server::{Kind, Server};
 
@@ -338,25 +338,16 @@ pub fn replay_trials(trials: usize, events: usize, websocket: bool) -> (Vec<f64>
         publisher.send_acknowledged(missed.map(|seq| floor::event_message(seq, 0)));
         let mut reading = Reading::new(events as u64, Some(last + 1), None, false);
         let start = Instant::now();
-        if websocket {
+        let got = if websocket {
             let (mut ws, rest) = open(&server, id, false, None);
             reading.mqtt = rest;
             for ack in reading.take_mqtt(&[]) {
                 ws.send(Message::binary(ack)).expect("PUBACK");
             }
-            while !reading.done() {
-                match ws.read().expect("replay") {
-                    Message::Binary(bytes) => {
-                        for ack in reading.take_mqtt(&bytes) {
-                            ws.send(Message::binary(ack)).expect("PUBACK");
-                        }
-                    }
-                    Message::Close(c) => panic!("closed: {c:?}"),
-                    _ => {}
-                }
-            }
+            let got = client::receive(&mut ws, reading);
             times.push(start.elapsed().as_secs_f64() * 1000.0);
             leave(ws);
+            got
         } else {
             let mut tcp = Tcp::connect(&server, id, false);
             reading.mqtt = std::mem::take(&mut tcp.packets);
@@ -373,8 +364,8 @@ pub fn replay_trials(trials: usize, events: usize, websocket: bool) -> (Vec<f64>
             }
             times.push(start.elapsed().as_secs_f64() * 1000.0);
             tcp.leave();
-        }
-        let got = reading.finish(None);
+            reading.finish(None)
+        };
         if let Some(e) = got.error {
             errors.push(format!("trial {trial}: {e}"));
         }

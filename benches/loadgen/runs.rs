@@ -333,8 +333,8 @@ pub fn run_publish(plan: &Plan, table: &mut Table) {
     }
 }
 
-/// The peers: mosquitto's and nchan's idle memory and CPU, M2b and M3
-/// with the same clients and plan, after tether's own runs (so `--only`
+/// The peers: mosquitto's, nchan's and Socket.IO's idle memory and CPU,
+/// M2b and M3 with the same clients and plan, after tether's own runs (so `--only`
 /// must name the matching tether scenarios too for its column to fill).
 /// A peer not installed is skipped, with a remark.
 pub fn run_peers(plan: &Plan, table: &mut Table) {

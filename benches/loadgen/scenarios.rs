@@ -93,13 +93,11 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
     }
 }
 
-/// An idle client: tether's first message read, nothing more (for
-/// mosquitto: connected and subscribed).
+/// An idle client: tether's first message read, nothing more (for a
+/// peer: connected and subscribed, as [`subscribe`] leaves it).
 fn open_idle(server: &Server, id: &str) -> Ws {
-    match server.kind {
-        Kind::Mosquitto => return mqtt::subscriber(server, id, 0, client::IDLE_READ_BUFFER),
-        Kind::SocketIo => return subscribe(server, id, client::IDLE_READ_BUFFER).0,
-        _ => {}
+    if server.kind.is_peer() {
+        return subscribe(server, id, client::IDLE_READ_BUFFER).0;
     }
     let mut ws = client::connect(
         server.ws,
