@@ -32,8 +32,8 @@ pub struct ConnIo {
     stream: Arc<TcpStream>,
     /// `Some` while handshaking.
     handshake: Option<Handshaking>,
+    /// Bytes fed by the reader thread and not yet read, from `input_pos` on.
     input: Vec<u8>,
-    input_len: usize,
     input_pos: usize,
     /// Framed bytes not yet sent, from `output_sent` on.
     output: Vec<u8>,
@@ -74,7 +74,6 @@ impl ConnIo {
             stream,
             handshake,
             input: Vec::new(),
-            input_len: 0,
             input_pos: 0,
             output: Vec::new(),
             output_sent: 0,
@@ -88,16 +87,12 @@ impl ConnIo {
         self.handshake = None;
     }
 
-    /// Gives the `WebSocket` the first `len` bytes of `input` to read.
-    pub(crate) fn feed(&mut self, input: Vec<u8>, len: usize) {
-        self.input = input;
-        self.input_len = len;
+    /// Gives the `WebSocket` a copy of `bytes` to read. The copy is freed
+    /// once read, so a connection waiting for its client holds no input
+    /// buffer: with thousands of idle clients, a kibibyte each adds up.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.input = bytes.to_vec();
         self.input_pos = 0;
-    }
-
-    /// Takes back the buffer [`ConnIo::feed`] was given, for the next read.
-    pub(crate) fn take_input(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.input)
     }
 
     /// Writes go into `buffer` (empty, but with the capacity a whole writer
@@ -156,13 +151,17 @@ impl Read for ConnIo {
             }
             return Ok(n);
         }
-        let available = &self.input[self.input_pos..self.input_len];
+        let available = &self.input[self.input_pos..];
         if available.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = available.len().min(buf.len());
         buf[..n].copy_from_slice(&available[..n]);
         self.input_pos += n;
+        if self.input_pos == self.input.len() {
+            self.input = Vec::new();
+            self.input_pos = 0;
+        }
         Ok(n)
     }
 }

@@ -49,7 +49,8 @@ use crate::conn_io::ConnIo;
 use crate::protocol::{ClientMessage, WireError};
 use crate::server::Shared;
 
-/// Bytes read from the socket at a time. Client messages are small commands.
+/// Bytes read from the socket at a time, into the reader's stack. Client
+/// messages are small commands.
 const READ_CHUNK: usize = 1024;
 
 /// Unsent output past which a connection is cut. A writer only adds to a
@@ -274,7 +275,7 @@ enum Incoming {
 /// Reads until the connection ends. The socket read happens without any
 /// lock; only feeding the bytes to the `WebSocket` takes it.
 pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = [0u8; READ_CHUNK];
     let mut incoming = Vec::new();
     loop {
         let n = match (&*conn.stream).read(&mut buf) {
@@ -293,7 +294,7 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
         let mut unsent;
         {
             let mut ws = conn.ws();
-            ws.get_mut().feed(std::mem::take(&mut buf), n);
+            ws.get_mut().feed(&buf[..n]);
             loop {
                 match ws.read() {
                     Ok(Message::Text(text)) => incoming.push(Incoming::Text(text)),
@@ -311,7 +312,6 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
                     break;
                 }
             }
-            buf = ws.get_mut().take_input();
             // Sends the pong or close reply tungstenite may have queued.
             flushed = Conn::flush(&mut ws);
             unsent = ws.get_ref().unsent();

@@ -1,8 +1,9 @@
 //! Every row of the contract's bad-input table: the client gets a clear
 //! error, the connection stays open (except for oversized messages, closed
 //! with 1009, and frames RFC 6455 forbids, closed with 1007 or 1002), and
-//! nothing is acknowledged. A client that sends but never reads is cut, and
-//! keeps its session. Plain HTTP on the WebSocket port
+//! nothing is acknowledged. A message of the largest size allowed, and
+//! messages sent together, are each answered. A client that sends but
+//! never reads is cut, and keeps its session. Plain HTTP on the WebSocket port
 //! gets an HTTP error, never a hang.
 
 mod common;
@@ -154,6 +155,41 @@ fn an_oversized_message_closes_with_1009_and_keeps_the_session() {
         let big = format!(r#"{{"type":"heartbeat","pad":"{}"}}"#, "x".repeat(2000));
         client.send_text(&big);
     });
+}
+
+#[test]
+fn a_message_at_the_limit_and_messages_sent_together_are_all_answered() {
+    let server = start_with(Config {
+        max_message_bytes: 65536,
+        ..config()
+    });
+    let (mut client, _) = server.new_session("b6");
+    server.publish_n(3, "a");
+    assert_eq!(seqs(&client.recv_events(3)), [1, 2, 3]);
+    // The server reads a small buffer at a time: a message of the largest
+    // size allowed must still arrive whole.
+    let head = r#"{"type":"heartbeat","last_seq":1,"pad":""#;
+    let pad = "x".repeat(65536 - head.len() - 2);
+    let big = format!(r#"{head}{pad}"}}"#);
+    assert_eq!(big.len(), 65536);
+    client.send_text(&big);
+    assert_eq!(client.recv_json()["type"], "heartbeat_ack");
+    assert_eq!(server.session("b6")["acked_seq"], 1);
+    // Three messages in one write, each of them acted on, in order.
+    for message in [
+        r#"{"type":"ack","seq":2}"#,
+        r#"{"type":"heartbeat","last_seq":3}"#,
+        r#"{"type":"heartbeat"}"#,
+    ] {
+        client.ws.write(Message::text(message)).unwrap();
+    }
+    client.ws.flush().unwrap();
+    for _ in 0..2 {
+        let reply = client.recv_json();
+        assert_eq!(reply["type"], "heartbeat_ack", "{reply}");
+        assert_eq!(reply["current_seq"], 3, "{reply}");
+    }
+    assert_eq!(server.session("b6")["acked_seq"], 3);
 }
 
 #[test]
