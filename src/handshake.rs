@@ -43,7 +43,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WS_READ_BUFFER: usize = 512;
 /// The reader thread's stack: it only reads, feeds tungstenite and handles
 /// small, depth-limited JSON messages. Only the pages it touches are resident.
-const READER_STACK_SIZE: usize = 64 * 1024;
+pub(crate) const READER_STACK_SIZE: usize = 64 * 1024;
 
 /// A connection's claim on the server's limits: one connection thread, and
 /// once upgraded one of `--max-connections`. Given back when dropped, so an

@@ -19,7 +19,11 @@ use crate::server::Shared;
 const HANDSHAKE_SLACK: usize = 64;
 /// The handshake thread's stack; tungstenite's handshake keeps its request
 /// headers on the stack. Only the pages actually touched count towards memory.
-const HANDSHAKE_STACK_SIZE: usize = 256 * 1024;
+/// More than four times the reader thread's, because glibc reuses a cached
+/// stack up to four times the size asked for: a reader thread would then run
+/// on an ended handshake thread's stack, whose top 16 KiB glibc keeps
+/// resident, instead of touching its usual 8 KiB.
+const HANDSHAKE_STACK_SIZE: usize = 5 * handshake::READER_STACK_SIZE;
 /// The pause after an `accept()` error caused by exhausted resources, so the
 /// loop does not spin while nothing can be accepted.
 const EXHAUSTED_PAUSE: Duration = Duration::from_millis(50);
