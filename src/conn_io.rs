@@ -235,7 +235,8 @@ mod tests {
                 .write_text_frame(text.len(), |out| out.extend_from_slice(text.as_bytes()));
         }
         // tungstenite's own messages go after them, in order.
-        let mut flushed = Conn::write_text(&mut ws, "last".into());
+        ws.write(Message::text("last")).unwrap();
+        let mut flushed = Conn::flush(&mut ws);
         let deadline = Instant::now() + Duration::from_secs(10);
         while flushed == Flushed::Blocked && Instant::now() < deadline {
             thread::yield_now();

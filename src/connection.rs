@@ -209,11 +209,24 @@ impl Conn {
     }
 
     /// Queues one text message and flushes, without blocking.
-    pub(crate) fn write_text(ws: &mut WebSocket<ConnIo>, text: String) -> Flushed {
-        match ws.write(Message::text(text)) {
-            Ok(()) => Conn::flush(ws),
-            Err(e) => classify_write_error(&e),
+    pub(crate) fn write_text(ws: &mut WebSocket<ConnIo>, text: &str) -> Flushed {
+        if !Conn::queue_text(ws, text) {
+            return Flushed::Dead;
         }
+        Conn::flush(ws)
+    }
+
+    /// Queues one text message, framed straight into the connection's
+    /// output as events are: through tungstenite, the connection would keep
+    /// a buffer the size of its largest message for as long as it lasts.
+    /// False once a close frame went out or came in.
+    pub(crate) fn queue_text(ws: &mut WebSocket<ConnIo>, text: &str) -> bool {
+        if !ws.can_write() {
+            return false;
+        }
+        ws.get_mut()
+            .write_text_frame(text.len(), |out| out.extend_from_slice(text.as_bytes()));
+        true
     }
 
     /// Sends a WebSocket ping, without blocking.
@@ -331,8 +344,8 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             }
             let mut ws = conn.ws();
             for reply in replies {
-                if let Err(e) = ws.write(Message::text(reply)) {
-                    flushed = classify_write_error(&e);
+                if !Conn::queue_text(&mut ws, &reply) {
+                    flushed = Flushed::Dead;
                 }
             }
             if flushed != Flushed::Dead {

@@ -273,7 +273,7 @@ fn request_path(head: &[u8]) -> Option<String> {
 
 /// Writes `err` and a close frame of `code`, without blocking.
 fn refuse(ws: &mut WebSocket<ConnIo>, err: &WireError, code: u16) {
-    let _ = Conn::write_text(ws, err.to_message());
+    let _ = Conn::write_text(ws, &err.to_message());
     let _ = ws.close(Some(CloseFrame {
         code: CloseCode::from(code),
         reason: err.code.into(),
@@ -357,7 +357,7 @@ fn open_session(
     }
     // The first message precedes every event: writers skip a connection
     // until it is ready.
-    let flushed = Conn::write_text(&mut conn.ws(), opened.first_message);
+    let flushed = Conn::write_text(&mut conn.ws(), &opened.first_message);
     conn.ready.store(true, Ordering::Release);
     if let Some(old) = opened.replaced {
         old.close(close::TAKEN_OVER, "session_taken_over");
