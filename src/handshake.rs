@@ -40,7 +40,10 @@ const TOO_MANY_CONNECTIONS: (&str, &str) = (
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// tungstenite's own input buffer; its default of 128 KiB per connection is
 /// what a proxy moving bulk data wants, not a server of small messages.
-const WS_READ_BUFFER: usize = 512;
+/// Every connection keeps this much for as long as it lasts, so it fits a
+/// heartbeat or an ack; a longer message grows it (tungstenite reserves a
+/// frame's whole length), and is then read this many bytes at a time.
+const WS_READ_BUFFER: usize = 64;
 /// The reader thread's stack: it only reads, feeds tungstenite and handles
 /// small, depth-limited JSON messages. Only the pages it touches are resident.
 pub(crate) const READER_STACK_SIZE: usize = 64 * 1024;
