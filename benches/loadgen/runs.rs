@@ -75,6 +75,16 @@ pub fn run_idle(table: &mut Table) {
             target,
         );
     }
+    if let Some(bytes) = t.after_heartbeat {
+        let n = IDLE_COUNTS[IDLE_COUNTS.len() - 1];
+        table.row(
+            "M1",
+            &format!("per connection, N={n}, after one heartbeat each (KiB)"),
+            Some(bytes / 1024.0),
+            None,
+            Target::None,
+        );
+    }
     table.row(
         "M1b",
         &idle_cpu_metric(),

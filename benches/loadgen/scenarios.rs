@@ -59,6 +59,10 @@ pub struct Idle {
     pub per_conn: Vec<(usize, f64)>,
     /// Percent of one core used while `cpu_clients` clients sat idle.
     pub cpu_percent: f64,
+    /// tether only: bytes per connection once every client of the last
+    /// count has sent a heartbeat and read its answer, as a real client
+    /// does: the reader thread then has handled a message.
+    pub after_heartbeat: Option<f64>,
 }
 
 /// M1 and M1b: RSS with no clients, then with each of `counts` idle
@@ -86,10 +90,23 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
             cpu_percent = 100.0 * used / cpu_window.as_secs_f64();
         }
     }
+    let mut after_heartbeat = None;
+    if kind == Kind::Tether {
+        for ws in &mut clients {
+            send_json(ws, r#"{"type":"heartbeat"}"#.into());
+        }
+        for ws in &mut clients {
+            let reply = recv_json(ws);
+            assert_eq!(reply["type"], "heartbeat_ack", "{reply}");
+        }
+        let rss = server.settled_rss();
+        after_heartbeat = Some(rss.saturating_sub(rss_idle) as f64 / clients.len() as f64);
+    }
     Idle {
         rss_idle,
         per_conn,
         cpu_percent,
+        after_heartbeat,
     }
 }
 
