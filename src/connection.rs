@@ -330,7 +330,9 @@ pub(crate) fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
             unsent = ws.get_ref().unsent();
         }
         // Messages read before a close frame (say, a final ack) still count.
-        for message in incoming.drain(..) {
+        // The list goes with them: a connection waiting for its client
+        // keeps no buffer.
+        for message in std::mem::take(&mut incoming) {
             let replies = match message {
                 Incoming::Text(text) => handle_message(shared, conn, text.as_str()),
                 Incoming::Binary => vec![WireError::new(
