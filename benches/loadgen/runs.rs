@@ -75,8 +75,15 @@ pub fn run_idle(table: &mut Table) {
             target,
         );
     }
+    let n = IDLE_COUNTS[IDLE_COUNTS.len() - 1];
+    table.row(
+        "M1",
+        &kernel_metric(n),
+        Some(t.kernel_per_conn / 1024.0),
+        b.map(|b| b.kernel_per_conn / 1024.0),
+        Target::None,
+    );
     if let Some(bytes) = t.after_heartbeat {
-        let n = IDLE_COUNTS[IDLE_COUNTS.len() - 1];
         table.row(
             "M1",
             &format!("per connection, N={n}, after one heartbeat each (KiB)"),
@@ -92,6 +99,12 @@ pub fn run_idle(table: &mut Table) {
         b.map(|b| b.cpu_percent),
         Target::Below(1.0),
     );
+}
+
+/// Kernel memory is counted machine-wide: both ends' sockets are in it,
+/// the same for every server, and what differs is the server's own.
+fn kernel_metric(n: usize) -> String {
+    format!("kernel memory per idle connection, N={n}, both ends (KiB)")
 }
 
 fn idle_cpu_metric() -> String {
@@ -381,6 +394,8 @@ fn run_peer(peer: Kind, plan: &Plan, table: &mut Table) {
         let metric = format!("per idle connection, N={n} (KiB)");
         table.peer(name, "M1", &metric, bytes / 1024.0);
     }
+    let n = IDLE_COUNTS[IDLE_COUNTS.len() - 1];
+    table.peer(name, "M1", &kernel_metric(n), idle.kernel_per_conn / 1024.0);
     table.peer(name, "M1b", &idle_cpu_metric(), idle.cpu_percent);
 
     // A peer that falls behind M2b's million deliveries a second takes many

@@ -59,6 +59,9 @@ pub struct Idle {
     pub per_conn: Vec<(usize, f64)>,
     /// Percent of one core used while `cpu_clients` clients sat idle.
     pub cpu_percent: f64,
+    /// Kernel memory (thread stacks and unreclaimable slab, machine-wide,
+    /// so both ends' sockets are in it) per connection at the last count.
+    pub kernel_per_conn: f64,
     /// tether only: bytes per connection once every client of the last
     /// count has sent a heartbeat and read its answer, as a real client
     /// does: the reader thread then has handled a message.
@@ -70,6 +73,8 @@ pub struct Idle {
 pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Duration) -> Idle {
     let server = Server::start(kind, &[]);
     let rss_idle = server.settled_rss();
+    let kernel_idle = kernel_memory();
+    let mut kernel_per_conn = f64::NAN;
     let mut clients: Vec<Ws> = Vec::new();
     let mut per_conn = Vec::new();
     let mut cpu_percent = f64::NAN;
@@ -83,6 +88,7 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
         }
         let rss = server.settled_rss();
         per_conn.push((n, (rss.saturating_sub(rss_idle)) as f64 / n as f64));
+        kernel_per_conn = kernel_memory().saturating_sub(kernel_idle) as f64 / n as f64;
         if n == cpu_clients {
             let before = server.cpu_seconds();
             thread::sleep(cpu_window);
@@ -106,8 +112,22 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
         rss_idle,
         per_conn,
         cpu_percent,
+        kernel_per_conn,
         after_heartbeat,
     }
+}
+
+/// The machine's kernel memory that connections grow, in bytes: thread
+/// stacks (a thread per connection costs one, which its process's RSS does
+/// not show) and unreclaimable slab (sockets, threads' task structures).
+fn kernel_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .filter(|l| l.starts_with("KernelStack:") || l.starts_with("SUnreclaim:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024
 }
 
 /// An idle client: tether's first message read, nothing more (for a
