@@ -33,7 +33,7 @@ use tungstenite::{Message, Utf8Bytes};
 type Batch = Arc<[Utf8Bytes]>;
 
 /// tether's own per-connection read buffer and thread stack.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 64;
 const CONN_STACK: usize = 64 * 1024;
 /// tether sends a writer turn of up to 512 events (about 128 KiB of these
 /// benchmark events) in one call; this gives the baseline the same.
