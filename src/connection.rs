@@ -15,16 +15,18 @@
 //!   `WebSocket` through [`ConnIo`], whose reads hand out those bytes and then
 //!   report `WouldBlock`;
 //! - every write goes, under the same lock, into [`ConnIo`]'s output buffer
-//!   (tungstenite's messages through the `WebSocket`, event messages built
-//!   in place and framed with tungstenite's `FrameHeader`), and a flush sends
+//!   (tungstenite's pongs and close frames through the `WebSocket`, every
+//!   other message built in place and framed with tungstenite's
+//!   `FrameHeader`), and a flush sends
 //!   it with a per-call non-blocking send (`MSG_DONTWAIT`): a write never
 //!   waits for a client, so no lock is ever held across a blocking socket
 //!   call. A writer turn of hundreds of events is one `send`, not one per
 //!   8 KiB: on loopback each `send` also runs the receiver's TCP path and
 //!   wakes it (`BENCHMARKS.md` has what this saved);
 //! - events are written by a small shared writer pool (`writer.rs`), not by a
-//!   second thread per connection: a thread costs about 10 KiB of resident
-//!   memory, which would double the cost of an idle connection, and one pool
+//!   second thread per connection: a thread costs about 9 KiB of resident
+//!   memory and 24 KiB of the kernel's, which would nearly double the cost
+//!   of an idle connection (about 11 KiB resident), and one pool
 //!   thread writing to many sockets wakes far less often than one thread per
 //!   socket. A client that stops reading fills its socket buffer; its writes
 //!   then return `WouldBlock`, the pool moves on, and retries it later with a

