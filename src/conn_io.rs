@@ -204,12 +204,36 @@ impl Write for ConnIo {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{ErrorKind, Read};
     use std::thread;
     use std::time::{Duration, Instant};
 
     use tungstenite::{Message, WebSocket};
 
     use crate::connection::{Conn, Flushed};
+
+    #[test]
+    fn fed_bytes_are_read_in_pieces_then_freed() {
+        let (conn, _client) = Conn::for_test(2, "d");
+        let mut ws = conn.ws();
+        let io = ws.get_mut();
+        io.feed(b"hello, world");
+        let mut piece = [0u8; 5];
+        let mut read = Vec::new();
+        let end = loop {
+            match io.read(&mut piece) {
+                Ok(n) => read.extend_from_slice(&piece[..n]),
+                Err(e) => break e.kind(),
+            }
+        };
+        assert_eq!(read, b"hello, world");
+        assert_eq!(end, ErrorKind::WouldBlock);
+        assert_eq!(
+            io.input.capacity(),
+            0,
+            "a waiting connection keeps no input"
+        );
+    }
 
     #[test]
     fn frames_written_in_place_reach_a_websocket_client_whole() {
