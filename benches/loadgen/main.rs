@@ -122,6 +122,12 @@ fn self_check() {
     assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     assert_eq!(percentile(&[1, 2, 3, 4], 0.5), 2);
     assert_eq!(percentile(&[1, 2, 3, 4], 0.99), 4);
+    let meminfo = "SUnreclaim:        46652 kB\nKernelStack:        1552 kB\n";
+    assert_eq!(
+        server::proc_bytes(meminfo, "KernelStack"),
+        Some(1552 * 1024)
+    );
+    assert_eq!(server::proc_bytes(meminfo, "Kernel"), None);
     subscribers::self_check();
     mqtt::self_check();
 }

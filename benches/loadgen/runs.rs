@@ -13,6 +13,8 @@ use crate::table::{median, number, Table, Target};
 
 /// Idle connection counts (M1) and the one idle CPU is measured at (M1b).
 const IDLE_COUNTS: [usize; 2] = [1000, 5000];
+/// The largest of them, where the kernel's share and the heartbeat are measured.
+const IDLE_MOST: usize = IDLE_COUNTS[IDLE_COUNTS.len() - 1];
 const IDLE_CPU_CLIENTS: usize = 1000;
 const IDLE_CPU_WINDOW: Duration = Duration::from_secs(10);
 /// The peer's one M2b run publishes this long at most.
@@ -75,10 +77,9 @@ pub fn run_idle(table: &mut Table) {
             target,
         );
     }
-    let n = IDLE_COUNTS[IDLE_COUNTS.len() - 1];
     table.row(
         "M1",
-        &kernel_metric(n),
+        &kernel_metric(),
         Some(t.kernel_per_conn / 1024.0),
         b.map(|b| b.kernel_per_conn / 1024.0),
         Target::None,
@@ -86,7 +87,7 @@ pub fn run_idle(table: &mut Table) {
     if let Some(bytes) = t.after_heartbeat {
         table.row(
             "M1",
-            &format!("per connection, N={n}, after one heartbeat each (KiB)"),
+            &format!("per connection, N={IDLE_MOST}, after one heartbeat each (KiB)"),
             Some(bytes / 1024.0),
             None,
             Target::None,
@@ -103,8 +104,8 @@ pub fn run_idle(table: &mut Table) {
 
 /// Kernel memory is counted machine-wide: both ends' sockets are in it,
 /// the same for every server, and what differs is the server's own.
-fn kernel_metric(n: usize) -> String {
-    format!("kernel memory per idle connection, N={n}, both ends (KiB)")
+fn kernel_metric() -> String {
+    format!("kernel memory per idle connection, N={IDLE_MOST}, both ends (KiB)")
 }
 
 fn idle_cpu_metric() -> String {
@@ -394,8 +395,7 @@ fn run_peer(peer: Kind, plan: &Plan, table: &mut Table) {
         let metric = format!("per idle connection, N={n} (KiB)");
         table.peer(name, "M1", &metric, bytes / 1024.0);
     }
-    let n = IDLE_COUNTS[IDLE_COUNTS.len() - 1];
-    table.peer(name, "M1", &kernel_metric(n), idle.kernel_per_conn / 1024.0);
+    table.peer(name, "M1", &kernel_metric(), idle.kernel_per_conn / 1024.0);
     table.peer(name, "M1b", &idle_cpu_metric(), idle.cpu_percent);
 
     // A peer that falls behind M2b's million deliveries a second takes many

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::client::{self, event_seq, now_us, recv_json, send_json, subscribe, Reading, Ws};
 use crate::floor;
 use crate::mqtt;
-use crate::server::{Kind, Server};
+use crate::server::{proc_bytes, Kind, Server};
 use crate::subscribers::{Readers, Subscribers};
 
 /// tether's flags for throughput runs: the fan-out publishes far faster
@@ -122,12 +122,10 @@ pub fn idle(kind: Kind, counts: &[usize], cpu_clients: usize, cpu_window: Durati
 /// not show) and unreclaimable slab (sockets, threads' task structures).
 fn kernel_memory() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .filter(|l| l.starts_with("KernelStack:") || l.starts_with("SUnreclaim:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum::<u64>()
-        * 1024
+    ["KernelStack", "SUnreclaim"]
+        .iter()
+        .filter_map(|field| proc_bytes(&meminfo, field))
+        .sum()
 }
 
 /// An idle client: tether's first message read, nothing more (for a

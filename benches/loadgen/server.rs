@@ -212,12 +212,7 @@ impl Server {
             .map(|pid| {
                 let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
                     .expect("the server is running");
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                    .expect("VmRSS")
-                    * 1024
+                proc_bytes(&status, "VmRSS").expect("VmRSS")
             })
             .sum()
     }
@@ -377,4 +372,19 @@ fn clock_ticks_per_second() -> f64 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100.0)
     })
+}
+
+/// A `Name:   1234 kB` field of a `/proc` file such as `status` or
+/// `meminfo`, in bytes.
+pub fn proc_bytes(text: &str, field: &str) -> Option<u64> {
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let kib = value
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
